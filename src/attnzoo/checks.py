@@ -1,0 +1,109 @@
+"""Input validation shared by every mechanism: clear errors that name the offending argument.
+
+All checks raise :class:`TypeError` for a wrong type or dtype and :class:`ValueError` for a wrong
+shape or value, before any computation, so that a bad call never fails deep inside ``torch``.
+The finiteness check can be switched off globally (``attnzoo.checks.set_finite_check(False)``)
+where its one reduction per call matters; it is skipped while ``torch.compile`` traces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "check_divisible",
+    "check_finite",
+    "check_size",
+    "check_tensor",
+    "finite_check_enabled",
+    "set_finite_check",
+]
+
+_FINITE_CHECK = True
+
+
+def set_finite_check(enabled: bool) -> None:
+    """Turn the NaN/Inf input check of every mechanism on or off (it is on by default)."""
+    global _FINITE_CHECK
+    _FINITE_CHECK = bool(enabled)
+
+
+def finite_check_enabled() -> bool:
+    """Whether mechanisms reject inputs that contain NaN or Inf."""
+    return _FINITE_CHECK
+
+
+def check_tensor(
+    x: object,
+    name: str,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    floating: bool = True,
+    nonempty: bool = True,
+    finite: bool = True,
+    shape: Sequence[int | None] | None = None,
+) -> torch.Tensor:
+    """Validate ``x`` and return it.
+
+    Args:
+        x: the value to check.
+        name: the argument name used in error messages.
+        ndim: required rank (or set of accepted ranks).
+        floating: require a floating-point dtype.
+        nonempty: reject a zero-sized dimension (empty batch, zero tokens).
+        finite: reject NaN/Inf values (subject to :func:`set_finite_check`).
+        shape: expected sizes per dimension, ``None`` meaning any.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None:
+        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.dim() not in ranks:
+            want = " or ".join(str(r) for r in ranks)
+            raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if shape is not None:
+        if len(shape) != x.dim():
+            raise ValueError(f"{name} must have {len(shape)} dimensions, got shape {tuple(x.shape)}")
+        for axis, (want, got) in enumerate(zip(shape, x.shape)):
+            if want is not None and want != got:
+                raise ValueError(
+                    f"{name} has size {got} on dimension {axis}, expected {want} (shape {tuple(x.shape)})"
+                )
+    if nonempty and x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    if finite and _FINITE_CHECK and x.is_floating_point() and not torch.compiler.is_compiling():
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or Inf values")
+    return x
+
+
+def check_size(size: object, n: int, *, spatial_dims: int, name: str = "size") -> tuple[int, ...]:
+    """Validate a spatial ``size`` tuple against a token count ``n`` and return it as a tuple."""
+    if size is None:
+        raise ValueError(f"{name} is required: pass {name}=(H, W) for a grid of N = H*W tokens")
+    if isinstance(size, torch.Size):
+        size = tuple(size)
+    if not isinstance(size, (tuple, list)) or not all(isinstance(s, int) for s in size):
+        raise TypeError(f"{name} must be a tuple of {spatial_dims} ints, got {size!r}")
+    if len(size) != spatial_dims:
+        raise ValueError(f"{name} must have {spatial_dims} entries, got {tuple(size)}")
+    if any(s <= 0 for s in size):
+        raise ValueError(f"{name} entries must be positive, got {tuple(size)}")
+    prod = 1
+    for s in size:
+        prod *= s
+    if prod != n:
+        raise ValueError(f"{name}={tuple(size)} has {prod} positions but the input has N={n} tokens")
+    return tuple(size)
+
+
+def check_divisible(value: int, divisor: int, value_name: str, divisor_name: str) -> None:
+    """Raise ``ValueError`` unless ``divisor`` divides ``value``."""
+    if divisor <= 0:
+        raise ValueError(f"{divisor_name} must be positive, got {divisor}")
+    if value % divisor != 0:
+        raise ValueError(f"{divisor_name}={divisor} must divide {value_name}={value}")

@@ -1,0 +1,182 @@
+"""Family interfaces: the forward contract every mechanism of a family honours.
+
+Each base class validates its inputs (raising ``TypeError``/``ValueError`` that name the argument)
+and then calls :meth:`compute`, which a mechanism implements. The conformance suite
+(``tests/test_conformance.py``) checks every registered mechanism against its family's contract.
+
+=================  =====================================================================
+family             contract
+=================  =====================================================================
+token_mixer        ``forward(x: (B, N, C), *, size=None) -> (B, N, C)``; 2-D mixers need
+                   ``size=(H, W)`` with ``H*W == N``; sequence mixers take ``causal`` at
+                   construction.
+cross_attention    ``forward(x: (B, N, C), context: (B, M, C_ctx), *, mask=None, size=None)
+                   -> (B, N, C)``: queries ``x`` read from ``context``; ``mask (B, M)`` is a
+                   key-padding mask, True = attend.
+feature_map        ``forward(x: (B, C, *S)) -> (B, C, *S)`` with ``len(S) == spatial_dims``.
+gate               ``forward(x: (B, C, *S), g: (B, C_g, *S_g)) -> (B, C, *S)``; the gating
+                   signal ``g`` may be at a coarser resolution.
+pooling            ``forward(x: (B, N, C), *, mask=None) -> PoolOutput(pooled (B, C_out),
+                   attention (B, ..., N))``; ``mask (B, N)`` is True for real instances.
+=================  =====================================================================
+
+Boolean masks everywhere in attnzoo mean True = may attend / is present.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from attnzoo.capture import module_scope
+from attnzoo.checks import check_size, check_tensor
+
+__all__ = ["CrossAttention", "FeatureMapAttention", "Gate", "Mechanism", "PoolOutput", "Pooling", "TokenMixer"]
+
+
+def _check_channels(x: torch.Tensor, axis: int, expected: int, name: str, attr: str) -> None:
+    if x.shape[axis] != expected:
+        raise ValueError(
+            f"{name} has {x.shape[axis]} channels on dimension {axis} but the module was built "
+            f"with {attr}={expected} (shape {tuple(x.shape)})"
+        )
+
+
+def _check_mask(mask: torch.Tensor | None, b: int, n: int, name: str = "mask") -> torch.Tensor | None:
+    if mask is None:
+        return None
+    check_tensor(mask, name, ndim=2, floating=False, nonempty=False, finite=False)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor (True = attend), got dtype {mask.dtype}")
+    if tuple(mask.shape) != (b, n):
+        raise ValueError(f"{name} must have shape {(b, n)}, got {tuple(mask.shape)}")
+    return mask
+
+
+class Mechanism(nn.Module):
+    """Base of all registered mechanisms; ``card`` is set by :func:`attnzoo.register`."""
+
+    card: Any
+
+    @property
+    def spatial_dims(self) -> int:
+        """Number of spatial axes of the input (0 set, 1 sequence, 2 grid, 3 volume)."""
+        return self.card.spatial_dims
+
+    def compute(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement compute()")
+
+
+class TokenMixer(Mechanism):
+    """``(B, N, C) -> (B, N, C)``. Subclasses set ``self.dim`` and implement
+    ``compute(x, size)`` where ``size`` is the validated spatial size (``(N,)`` for sequences)."""
+
+    dim: int
+    causal: bool = False
+
+    def forward(self, x: torch.Tensor, *, size: tuple[int, ...] | None = None) -> torch.Tensor:
+        check_tensor(x, "x", ndim=3)
+        _check_channels(x, 2, self.dim, "x", "dim")
+        nd = self.spatial_dims
+        if nd >= 2:
+            size = check_size(size, x.shape[1], spatial_dims=nd)
+        elif size is not None:
+            size = check_size(size, x.shape[1], spatial_dims=1)
+        else:
+            size = (x.shape[1],)
+        with module_scope(self):
+            return self.compute(x, size)
+
+
+class CrossAttention(Mechanism):
+    """``(B, N, C), (B, M, C_ctx) -> (B, N, C)``. Subclasses set ``self.dim`` and
+    ``self.context_dim`` and implement ``compute(x, context, mask, size)``; ``size`` is the
+    spatial size of ``context`` when the mechanism needs it (``context_spatial_dims``)."""
+
+    dim: int
+    context_dim: int
+    context_spatial_dims: int = 0
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        size: tuple[int, ...] | None = None,
+    ) -> torch.Tensor:
+        check_tensor(x, "x", ndim=3)
+        check_tensor(context, "context", ndim=3)
+        _check_channels(x, 2, self.dim, "x", "dim")
+        _check_channels(context, 2, self.context_dim, "context", "context_dim")
+        if context.shape[0] != x.shape[0]:
+            raise ValueError(f"context batch {context.shape[0]} differs from x batch {x.shape[0]}")
+        mask = _check_mask(mask, context.shape[0], context.shape[1])
+        if self.context_spatial_dims >= 2:
+            size = check_size(size, context.shape[1], spatial_dims=self.context_spatial_dims)
+        elif size is not None:
+            size = check_size(size, context.shape[1], spatial_dims=1)
+        with module_scope(self):
+            return self.compute(x, context, mask, size)
+
+
+class FeatureMapAttention(Mechanism):
+    """``(B, C, *S) -> (B, C, *S)``. Subclasses set ``self.channels`` and implement ``compute(x)``."""
+
+    channels: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "x", ndim=2 + self.spatial_dims)
+        _check_channels(x, 1, self.channels, "x", "channels")
+        with module_scope(self):
+            return self.compute(x)
+
+
+class Gate(Mechanism):
+    """``(B, C, *S), (B, C_g, *S_g) -> (B, C, *S)``. Subclasses set ``self.channels`` and
+    ``self.gate_channels`` and implement ``compute(x, g)``."""
+
+    channels: int
+    gate_channels: int
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        rank = 2 + self.spatial_dims
+        check_tensor(x, "x", ndim=rank)
+        check_tensor(g, "g", ndim=rank)
+        _check_channels(x, 1, self.channels, "x", "channels")
+        _check_channels(g, 1, self.gate_channels, "g", "gate_channels")
+        if g.shape[0] != x.shape[0]:
+            raise ValueError(f"g batch {g.shape[0]} differs from x batch {x.shape[0]}")
+        with module_scope(self):
+            return self.compute(x, g)
+
+
+class PoolOutput(NamedTuple):
+    """Result of a pooling mechanism.
+
+    Attributes:
+        pooled: ``(B, C_out)`` bag/sequence representation.
+        attention: ``(B, N)`` or ``(B, branches, N)`` attention weights over instances;
+            masked instances have weight 0.
+    """
+
+    pooled: torch.Tensor
+    attention: torch.Tensor
+
+
+class Pooling(Mechanism):
+    """``(B, N, C) [+ mask (B, N)] -> PoolOutput``. Subclasses set ``self.dim`` and implement
+    ``compute(x, mask)``; every bag must keep at least one instance."""
+
+    dim: int
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> PoolOutput:
+        check_tensor(x, "x", ndim=3)
+        _check_channels(x, 2, self.dim, "x", "dim")
+        mask = _check_mask(mask, x.shape[0], x.shape[1])
+        if mask is not None and not bool(mask.any(dim=1).all()):
+            raise ValueError("mask leaves a bag with no instance: every row needs at least one True")
+        with module_scope(self):
+            return self.compute(x, mask)

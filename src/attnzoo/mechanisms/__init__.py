@@ -1,0 +1,1 @@
+"""Registered mechanisms, one file each, grouped by family; imported on first registry use."""

@@ -1,0 +1,1 @@
+"""Mechanisms of the ``cross_attention`` family (see :mod:`attnzoo.families`)."""

@@ -1,0 +1,1 @@
+"""Mechanisms of the ``feature_map`` family (see :mod:`attnzoo.families`)."""

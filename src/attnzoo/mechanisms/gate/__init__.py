@@ -1,0 +1,1 @@
+"""Mechanisms of the ``gate`` family (see :mod:`attnzoo.families`)."""

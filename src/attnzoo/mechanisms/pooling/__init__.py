@@ -1,0 +1,1 @@
+"""Mechanisms of the ``pooling`` family (see :mod:`attnzoo.families`)."""

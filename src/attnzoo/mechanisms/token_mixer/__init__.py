@@ -1,0 +1,1 @@
+"""Mechanisms of the ``token_mixer`` family (see :mod:`attnzoo.families`)."""
