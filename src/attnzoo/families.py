@@ -71,21 +71,28 @@ class Mechanism(nn.Module):
 
 class TokenMixer(Mechanism):
     """``(B, N, C) -> (B, N, C)``. Subclasses set ``self.dim`` and implement
-    ``compute(x, size)`` where ``size`` is the validated spatial size (``(N,)`` for sequences)."""
+    ``compute(x, size)`` where ``size`` is the validated spatial size (``(N,)`` for sequences).
+
+    A mixer whose sequence starts with ``num_prefix_tokens`` extra tokens (e.g. a class token)
+    checks ``N == num_prefix_tokens + H*W``."""
 
     dim: int
     causal: bool = False
+    num_prefix_tokens: int = 0
 
     def forward(self, x: torch.Tensor, *, size: tuple[int, ...] | None = None) -> torch.Tensor:
         check_tensor(x, "x", ndim=3)
         _check_channels(x, 2, self.dim, "x", "dim")
         nd = self.spatial_dims
+        n = x.shape[1] - self.num_prefix_tokens
+        if n <= 0:
+            raise ValueError(f"x has {x.shape[1]} tokens, fewer than num_prefix_tokens + 1")
         if nd >= 2:
-            size = check_size(size, x.shape[1], spatial_dims=nd)
+            size = check_size(size, n, spatial_dims=nd)
         elif size is not None:
-            size = check_size(size, x.shape[1], spatial_dims=1)
+            size = check_size(size, n, spatial_dims=1)
         else:
-            size = (x.shape[1],)
+            size = (n,)
         with module_scope(self):
             return self.compute(x, size)
 

@@ -69,7 +69,8 @@ def example_inputs(
     family = card.family
     if family == "token_mixer":
         kwargs: dict[str, Any] = {"size": size} if card.spatial_dims >= 2 else {}
-        ex = Example((randn(batch, n, module.dim),), kwargs)
+        prefix = getattr(module, "num_prefix_tokens", 0)
+        ex = Example((randn(batch, prefix + n, module.dim),), kwargs)
     elif family == "cross_attention":
         m = int(card.conformance.get("context_len", 6))
         ctx_nd = getattr(module, "context_spatial_dims", 0)
