@@ -9,7 +9,7 @@ Quick start::
 """
 
 from attnzoo.capture import capture
-from attnzoo.families import CrossAttention, FeatureMapAttention, Gate, PoolOutput, Pooling, TokenMixer
+from attnzoo.families import CrossAttention, FeatureMapAttention, Gate, Pooling, PoolOutput, TokenMixer
 from attnzoo.registry import Card, card, create, list_mechanisms, mechanism_class, register
 
 __version__ = "0.1.0"

@@ -47,7 +47,7 @@ class AttentionRecord:
     scores: torch.Tensor | None = None
 
 
-class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
+class capture:
     """Record the attention matrices computed inside the ``with`` block.
 
     Args:

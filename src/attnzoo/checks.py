@@ -14,7 +14,6 @@ import torch
 
 __all__ = [
     "check_divisible",
-    "check_finite",
     "check_size",
     "check_tensor",
     "finite_check_enabled",

@@ -33,7 +33,15 @@ from torch import nn
 from attnzoo.capture import module_scope
 from attnzoo.checks import check_size, check_tensor
 
-__all__ = ["CrossAttention", "FeatureMapAttention", "Gate", "Mechanism", "PoolOutput", "Pooling", "TokenMixer"]
+__all__ = [
+    "CrossAttention",
+    "FeatureMapAttention",
+    "Gate",
+    "Mechanism",
+    "PoolOutput",
+    "Pooling",
+    "TokenMixer",
+]
 
 
 def _check_channels(x: torch.Tensor, axis: int, expected: int, name: str, attr: str) -> None:

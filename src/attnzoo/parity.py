@@ -86,5 +86,7 @@ def run_case(case: FixtureCase) -> tuple[torch.Tensor, ...]:
     with torch.no_grad():
         out = run(**case.inputs, **case.forward)
     if len(out) != len(case.outputs):
-        raise ValueError(f"{case.mechanism}/{case.file}: got {len(out)} outputs, expected {len(case.outputs)}")
+        raise ValueError(
+            f"{case.mechanism}/{case.file}: got {len(out)} outputs, expected {len(case.outputs)}"
+        )
     return out

@@ -24,7 +24,7 @@ import difflib
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -121,6 +121,16 @@ class Card:
             object.__setattr__(self, attr, _frozen(getattr(self, attr)))
         for attr in ("parity_fixtures", "layouts", "ledger", "aliases"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for attr in ("tiny", "bench", "conformance"):
+            values[attr] = dict(values[attr])
+        return (_card_from_dict, (values,))
+
+
+def _card_from_dict(values: dict[str, Any]) -> Card:
+    return Card(**values)
 
 
 class UnknownMechanismError(KeyError):

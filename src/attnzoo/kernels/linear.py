@@ -5,18 +5,83 @@ Causal form, per batch and head, with state ``S_t: (d_k, d_v)``::
     S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,        o_t = scale * q_t S_t
 
 ``q, k: (B, h, N, d_k)``, ``v: (B, h, N, d_v)``, ``log_gate g`` broadcastable to ``(B, h, N, d_k)``
-with values <= 0 (``None`` = no decay; a per-head constant gives Lightning/RetNet-style decay,
-a per-token per-key gate gives GLA). ``initial_state: (B, h, d_k, d_v)``.
+with values <= 0 (``None`` = no decay). A gate whose last dimension is 1 is a *scalar* decay per
+token and head (a per-head constant gives Lightning/RetNet-style decay); a gate over ``d_k`` is a
+data-dependent per-key gate (GLA). ``initial_state: (B, h, d_k, d_v)``.
 
-:func:`linear_attention_recurrent` is the naive reference (a Python loop over tokens, float64
-in tests); the public :func:`linear_attention` dispatches to the fastest exact form.
+Three exact forms of the same function:
+
+* :func:`linear_attention_recurrent`: the naive token-by-token loop (the reference).
+* :func:`linear_attention_chunked`: the chunked parallel form. The sequence is cut into chunks of
+  ``chunk_size`` tokens; inside a chunk the output is an exact masked "attention" product, and a
+  state is carried between chunks (Lightning Attention's intra/inter-block split; the chunked
+  GLA of Yang et al. 2023). Decays are cumulative log gates *relative to the chunk*, so every
+  ``exp`` has a non-positive argument and nothing overflows, whatever the gate strength. For
+  per-key gates the intra-chunk products are formed by recursive halving: rows of the second half
+  against columns of the first half use the log gate at the split point as reference, so both
+  factors ``exp(b_i - r)`` and ``exp(r - b_j)`` are <= 1 (no ``exp(+x)`` anywhere).
+* :func:`linear_attention_step`: one decoding step on an explicit state.
+
+:func:`linear_attention` dispatches to the chunked form; :func:`linear_attention_bidirectional`
+is the non-causal (forward + backward scan) form. All forms compute in at least float32 and return
+``o`` in the dtype of ``q`` and the state in the compute dtype (float32, or float64 for float64
+inputs).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["linear_attention", "linear_attention_recurrent"]
+from attnzoo.checks import check_tensor
+
+__all__ = [
+    "CHUNK_SIZE_PER_KEY",
+    "CHUNK_SIZE_SCALAR",
+    "linear_attention",
+    "linear_attention_bidirectional",
+    "linear_attention_chunked",
+    "linear_attention_recurrent",
+    "linear_attention_step",
+]
+
+#: default chunk lengths: scalar (or no) decay, and per-key gates (whose intra-chunk products cost
+#: one extra exp per element and level of the recursive halving, so shorter chunks are faster).
+CHUNK_SIZE_SCALAR = 64
+CHUNK_SIZE_PER_KEY = 16
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    check_tensor(q, "q", ndim=4, finite=False)
+    check_tensor(k, "k", ndim=4, finite=False, shape=q.shape)
+    check_tensor(v, "v", ndim=4, finite=False, shape=(*q.shape[:3], None))
+
+
+def _check_state(state: torch.Tensor | None, b: int, h: int, dk: int, dv: int, name: str) -> None:
+    if state is not None:
+        check_tensor(state, name, ndim=4, finite=False, shape=(b, h, dk, dv))
+
+
+def _gate(
+    log_gate: torch.Tensor | None, b: int, h: int, n: int, dk: int, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """``log_gate`` broadcast to ``(B, h, N, 1)`` (scalar decay) or ``(B, h, N, d_k)`` (per key)."""
+    if log_gate is None:
+        return None
+    check_tensor(log_gate, "log_gate", finite=False, nonempty=False)
+    if log_gate.dim() > 4:
+        raise ValueError(f"log_gate must broadcast to {(b, h, n, dk)}, got shape {tuple(log_gate.shape)}")
+    width = log_gate.shape[-1] if log_gate.dim() else 1
+    try:
+        return torch.broadcast_to(log_gate, (b, h, n, 1 if width == 1 else dk)).to(dtype)
+    except RuntimeError as err:
+        raise ValueError(
+            f"log_gate must broadcast to {(b, h, n, dk)} or {(b, h, n, 1)}, got shape {tuple(log_gate.shape)}"
+        ) from err
 
 
 def linear_attention_recurrent(
@@ -29,22 +94,159 @@ def linear_attention_recurrent(
     scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token recurrence. Returns ``(o (B, h, N, d_v), final_state (B, h, d_k, d_v))``."""
+    _check_qkv(q, k, v)
     b, h, n, dk = q.shape
     dv = v.shape[-1]
-    dtype = torch.promote_types(q.dtype, torch.float32)
-    state = (
-        initial_state.to(dtype)
-        if initial_state is not None
-        else q.new_zeros(b, h, dk, dv, dtype=dtype)
-    )
-    gate = None if log_gate is None else torch.broadcast_to(log_gate, (b, h, n, dk)).to(dtype).exp()
+    _check_state(initial_state, b, h, dk, dv, "initial_state")
+    dtype = _compute_dtype(q.dtype)
+    state = initial_state.to(dtype) if initial_state is not None else q.new_zeros(b, h, dk, dv, dtype=dtype)
+    gate = _gate(log_gate, b, h, n, dk, dtype)
+    decay = None if gate is None else gate.exp()
     outs = []
     for t in range(n):
-        if gate is not None:
-            state = state * gate[:, :, t, :, None]
+        if decay is not None:
+            state = state * decay[:, :, t, :, None]
         state = state + k[:, :, t, :, None].to(dtype) * v[:, :, t, None, :].to(dtype)
         outs.append(scale * (q[:, :, t, None, :].to(dtype) @ state).squeeze(-2))
     o = torch.stack(outs, dim=2) if outs else q.new_zeros(b, h, 0, dv, dtype=dtype)
+    return o.to(q.dtype), state
+
+
+def linear_attention_step(
+    q_t: torch.Tensor,
+    k_t: torch.Tensor,
+    v_t: torch.Tensor,
+    state: torch.Tensor | None,
+    log_gate_t: torch.Tensor | None = None,
+    *,
+    scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One recurrent step: ``S = diag(exp(g_t)) S + k_t^T v_t`` and ``o_t = scale * q_t S``.
+
+    Args:
+        q_t, k_t: ``(B, h, d_k)``; v_t: ``(B, h, d_v)``.
+        state: ``(B, h, d_k, d_v)``, or ``None`` for the zero state (first token).
+        log_gate_t: broadcastable to ``(B, h, d_k)`` (``(B, h, 1)`` for a scalar decay), or ``None``.
+        scale: output scale.
+
+    Returns ``(o_t (B, h, d_v), new_state (B, h, d_k, d_v))``; the state is kept in the compute
+    dtype (at least float32) so that long decodes do not accumulate low-precision rounding.
+    """
+    check_tensor(q_t, "q_t", ndim=3, finite=False)
+    check_tensor(k_t, "k_t", ndim=3, finite=False, shape=q_t.shape)
+    check_tensor(v_t, "v_t", ndim=3, finite=False, shape=(*q_t.shape[:2], None))
+    b, h, dk = q_t.shape
+    dv = v_t.shape[-1]
+    _check_state(state, b, h, dk, dv, "state")
+    dtype = _compute_dtype(q_t.dtype)
+    if state is not None:
+        dtype = torch.promote_types(dtype, state.dtype)
+    new = k_t.to(dtype)[..., :, None] * v_t.to(dtype)[..., None, :]
+    if state is not None:
+        state = state.to(dtype)
+        if log_gate_t is not None:
+            check_tensor(log_gate_t, "log_gate_t", finite=False, nonempty=False)
+            state = state * log_gate_t.to(dtype).exp().broadcast_to(b, h, dk)[..., None]
+        new = state + new
+    o = scale * (q_t.to(dtype)[..., None, :] @ new).squeeze(-2)
+    return o.to(q_t.dtype), new
+
+
+def _pad_chunks(x: torch.Tensor, n_pad: int, chunk: int) -> torch.Tensor:
+    """``(B, h, N, d) -> (B, h, N_c, chunk, d)`` with zero padding at the end."""
+    if n_pad:
+        x = F.pad(x, (0, 0, 0, n_pad))
+    b, h, n, d = x.shape
+    return x.reshape(b, h, n // chunk, chunk, d)
+
+
+def _intra_scalar(q: torch.Tensor, k: torch.Tensor, cum: torch.Tensor | None) -> torch.Tensor:
+    """Causal intra-chunk scores ``A_ij = q_i.k_j exp(b_i - b_j)`` (j <= i) for a scalar log decay."""
+    c = q.shape[-2]
+    scores = q @ k.transpose(-1, -2)
+    lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+    if cum is None:
+        return scores.masked_fill(~lower, 0.0)
+    diff = cum - cum.transpose(-1, -2)  # b_i - b_j: <= 0 on and below the diagonal
+    return scores * diff.masked_fill(~lower, float("-inf")).exp()
+
+
+def _intra_per_key(q: torch.Tensor, k: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
+    """Causal intra-chunk scores ``A_ij = sum_d q_id k_jd exp(b_id - b_jd)`` (j <= i), per-key gates.
+
+    Built bottom-up by recursive halving (the chunk length is a power of two): at every level the
+    off-diagonal block (second half x first half) uses the cumulative log gate ``r`` at the last
+    position of the first half as its reference, so ``exp(b_i - r) <= 1`` and ``exp(r - b_j) <= 1``.
+    """
+    lead, c, d = q.shape[:-2], q.shape[-2], q.shape[-1]
+    blocks = (q * k).sum(-1)[..., None, None]  # diagonal entries: exp(0) = 1
+    m = 1
+    while m < c:
+        nb = c // (2 * m)
+        qh = q.reshape(*lead, nb, 2, m, d)[..., 1, :, :]
+        kh = k.reshape(*lead, nb, 2, m, d)[..., 0, :, :]
+        bh = cum.reshape(*lead, nb, 2, m, d)
+        ref = bh[..., 0, m - 1 :, :]
+        off = (qh * (bh[..., 1, :, :] - ref).exp()) @ (kh * (ref - bh[..., 0, :, :]).exp()).transpose(-1, -2)
+        pairs = blocks.reshape(*lead, nb, 2, m, m)
+        top = torch.cat([pairs[..., 0, :, :], torch.zeros_like(off)], dim=-1)
+        bottom = torch.cat([off, pairs[..., 1, :, :]], dim=-1)
+        blocks = torch.cat([top, bottom], dim=-2)
+        m *= 2
+    return blocks.reshape(*lead, c, c)
+
+
+def linear_attention_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    log_gate: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    scale: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked parallel form; same contract and result as :func:`linear_attention_recurrent`.
+
+    ``chunk_size`` must be a power of two (``None``: :data:`CHUNK_SIZE_SCALAR` for no or scalar
+    decay, :data:`CHUNK_SIZE_PER_KEY` for per-key gates); ``N`` need not be a multiple of it (the
+    last chunk is zero-padded with zero log gates, which leaves outputs and final state unchanged).
+    """
+    _check_qkv(q, k, v)
+    b, h, n, dk = q.shape
+    dv = v.shape[-1]
+    _check_state(initial_state, b, h, dk, dv, "initial_state")
+    dtype = _compute_dtype(q.dtype)
+    gate = _gate(log_gate, b, h, n, dk, dtype)
+    if chunk_size is None:
+        chunk_size = CHUNK_SIZE_PER_KEY if gate is not None and gate.shape[-1] > 1 else CHUNK_SIZE_SCALAR
+    if not isinstance(chunk_size, int) or chunk_size <= 0 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
+    chunk = min(chunk_size, 1 << max(n - 1, 0).bit_length())
+    n_pad = -n % chunk
+    qc = _pad_chunks(q.to(dtype), n_pad, chunk)
+    kc = _pad_chunks(k.to(dtype), n_pad, chunk)
+    vc = _pad_chunks(v.to(dtype), n_pad, chunk)
+    if gate is None:
+        scores = _intra_scalar(qc, kc, None)
+        q_in, k_out, decay = qc, kc, None
+    else:
+        cum = _pad_chunks(gate, n_pad, chunk).cumsum(dim=-2)  # log decay from the chunk start, <= 0
+        total = cum[..., -1:, :]
+        scores = _intra_scalar(qc, kc, cum) if gate.shape[-1] == 1 else _intra_per_key(qc, kc, cum)
+        q_in = qc * cum.exp()  # decay from the chunk start to token i
+        k_out = kc * (total - cum).exp()  # decay from token j to the chunk end
+        decay = total.transpose(-1, -2).exp()  # (B, h, N_c, d_k or 1, 1) over the whole chunk
+    local = k_out.transpose(-1, -2) @ vc  # (B, h, N_c, d_k, d_v): each chunk's own contribution
+    state = (
+        initial_state.to(dtype) if initial_state is not None else qc.new_zeros(b, h, dk, dv)
+    )
+    entering = []
+    for c in range(local.shape[2]):
+        entering.append(state)
+        state = local[:, :, c] + (state if decay is None else state * decay[:, :, c])
+    o = scores @ vc + q_in @ torch.stack(entering, dim=2)
+    o = (scale * o).reshape(b, h, n + n_pad, dv)[:, :, :n]
     return o.to(q.dtype), state
 
 
@@ -56,6 +258,58 @@ def linear_attention(
     log_gate: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     scale: float = 1.0,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal (gated) linear attention; same contract as :func:`linear_attention_recurrent`."""
-    return linear_attention_recurrent(q, k, v, log_gate=log_gate, initial_state=initial_state, scale=scale)
+    """Causal (gated) linear attention; same contract as :func:`linear_attention_recurrent`.
+
+    Runs the chunked form (:func:`linear_attention_chunked`): O(N C d_k + N d_k d_v) time for
+    chunk size C, exact to float64 precision against the recurrence.
+    """
+    return linear_attention_chunked(
+        q, k, v, log_gate=log_gate, initial_state=initial_state, scale=scale, chunk_size=chunk_size
+    )
+
+
+def linear_attention_bidirectional(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    log_gate: torch.Tensor | None = None,
+    reverse_log_gate: torch.Tensor | None = None,
+    scale: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Non-causal linear attention: every query reads every key, each key counted once.
+
+    ``o_i = scale * q_i [sum_{j<=i} D^f_{ij} k_j^T v_j + sum_{j>i} D^b_{ij} k_j^T v_j]`` where
+    ``D^f_{ij} = diag(exp(g_{j+1} + ... + g_i))`` is the forward scan's decay (``log_gate``) and
+    ``D^b_{ij} = diag(exp(g'_i + ... + g'_{j-1}))`` the backward scan's (``reverse_log_gate``,
+    applied as in the recurrence run from the last token: ``S'_t = diag(exp(g'_t)) S'_{t+1} +
+    k_t^T v_t``; it defaults to ``log_gate``). Without gates this is ``scale * q (K^T V)`` in
+    O(N d_k d_v). Mechanisms that count the current token in both directions (ViG) add
+    ``scale * (q_i . k_i) v_i`` themselves. Returns ``o (B, h, N, d_v)`` in the dtype of ``q``.
+    """
+    _check_qkv(q, k, v)
+    dtype = _compute_dtype(q.dtype)
+    if log_gate is None and reverse_log_gate is None:
+        qf, kf, vf = q.to(dtype), k.to(dtype), v.to(dtype)
+        return (scale * (qf @ (kf.transpose(-1, -2) @ vf))).to(q.dtype)
+    if reverse_log_gate is None:
+        reverse_log_gate = log_gate
+    b, h, n, dk = q.shape
+    fwd_gate = _gate(log_gate, b, h, n, dk, dtype)
+    rev_gate = _gate(reverse_log_gate, b, h, n, dk, dtype)
+    fwd, _ = linear_attention_chunked(q, k, v, log_gate=fwd_gate, scale=scale, chunk_size=chunk_size)
+    flip = (2,)
+    rev, _ = linear_attention_chunked(
+        q.flip(flip),
+        k.flip(flip),
+        v.flip(flip),
+        log_gate=None if rev_gate is None else rev_gate.flip(flip),
+        scale=scale,
+        chunk_size=chunk_size,
+    )
+    qf, kf, vf = q.to(dtype), k.to(dtype), v.to(dtype)
+    diagonal = scale * (qf * kf).sum(-1, keepdim=True) * vf
+    return (fwd.to(dtype) + rev.flip(flip).to(dtype) - diagonal).to(q.dtype)

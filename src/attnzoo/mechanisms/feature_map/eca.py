@@ -67,9 +67,7 @@ class EfficientChannelAttention(FeatureMapAttention):
         gamma, b: parameters of the adaptive rule.
     """
 
-    def __init__(
-        self, channels: int, k_size: int | str = 3, *, gamma: float = 2.0, b: float = 1.0
-    ) -> None:
+    def __init__(self, channels: int, k_size: int | str = 3, *, gamma: float = 2.0, b: float = 1.0) -> None:
         super().__init__()
         if k_size == "adaptive":
             k_size = eca_kernel_size(channels, gamma, b)

@@ -1,0 +1,36 @@
+# attnzoo: `make demo` runs the main job, `make test` runs the test suite; both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_CPU := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint readme clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	# The CPU wheel first, so that the project's torch range never pulls a CUDA build.
+	$(PIP) install --quiet $(TORCH_CPU)
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/attnzoo report --quick --out reports
+
+test: install
+	$(PY) -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -n 2 -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests
+
+readme: install
+	$(VENV)/bin/attnzoo readme
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmark harness: cost of every registered mechanism, measured in isolated worker processes."""

@@ -1,0 +1,165 @@
+"""Measure one mechanism in the current process: parameters, FLOPs, latency, peak memory.
+
+Meant to run inside a fresh worker process (see :mod:`attnzoo.bench.runner`). Peak memory is the
+growth of the process's resident-set high-water mark over the resident set just before the call:
+on Linux the mark is reset before each measurement (``/proc/self/clear_refs``), freed heap memory
+is handed back to the system (``malloc_trim``) and large blocks are mmap-allocated (``mallopt``),
+so that memory cached by one measurement cannot hide the next one's allocations.
+FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and
+attention ops; elementwise work is not counted).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import attnzoo
+from attnzoo.inputs import Example, example_inputs
+
+__all__ = [
+    "BENCH_RESERVED_KEYS",
+    "MemoryProbe",
+    "bench_kwargs",
+    "measure_size",
+    "time_call",
+]
+
+BENCH_RESERVED_KEYS = ("sizes", "batch")
+
+
+def bench_kwargs(name: str) -> dict[str, Any]:
+    """Constructor kwargs of ``name``'s benchmark configuration (card.bench minus reserved keys)."""
+    return {k: v for k, v in attnzoo.card(name).bench.items() if k not in BENCH_RESERVED_KEYS}
+
+
+class MemoryProbe:
+    """Peak resident memory of a block of work, in MiB above the resident set before it."""
+
+    M_MMAP_THRESHOLD = -3
+
+    def __init__(self) -> None:
+        self.resettable = sys.platform.startswith("linux")
+        path = ctypes.util.find_library("c")
+        self._libc = ctypes.CDLL(path) if path and self.resettable else None
+        if self._libc is not None:
+            self._libc.mallopt(self.M_MMAP_THRESHOLD, 128 * 1024)
+        self._base = 0.0
+
+    @staticmethod
+    def _status_mb(field: str) -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError(f"{field} not found in /proc/self/status")
+
+    def start(self) -> None:
+        """Mark the baseline and reset the high-water mark."""
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+        if self.resettable:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._base = self._status_mb("VmRSS")
+        else:
+            self._base = self._maxrss_mb()
+
+    def peak_mb(self) -> float:
+        """Peak growth since :meth:`start`."""
+        peak = self._status_mb("VmHWM") if self.resettable else self._maxrss_mb()
+        return max(0.0, peak - self._base)
+
+    @staticmethod
+    def _maxrss_mb() -> float:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def time_call(fn: Callable[[], Any], *, warmup: int, repeats: int, budget_s: float) -> dict[str, float]:
+    """Median, quartiles and min of ``fn``'s wall time (ms), ``repeats`` runs or fewer within ``budget_s``."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    qs = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {
+        "median": statistics.median(times),
+        "q25": qs[0],
+        "q75": qs[2],
+        "min": min(times),
+        "runs": len(times),
+    }
+
+
+def _outputs_sum(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.float().sum()
+    return sum(o.float().sum() for o in out if isinstance(o, torch.Tensor) and o.is_floating_point())
+
+
+def _forward(module: torch.nn.Module, ex: Example) -> Any:
+    return module(*ex.args, **ex.kwargs)
+
+
+def _fwd_bwd(module: torch.nn.Module, ex: Example) -> None:
+    module.zero_grad(set_to_none=True)
+    _outputs_sum(_forward(module, ex)).backward()
+
+
+def measure_size(
+    module: torch.nn.Module,
+    size: tuple[int, ...],
+    *,
+    batch: int,
+    backward: bool,
+    warmup: int,
+    repeats: int,
+    budget_s: float,
+    probe: MemoryProbe,
+) -> dict[str, Any]:
+    """Measure ``module`` at spatial ``size``: FLOPs, latency and peak memory, forward
+    (under ``no_grad``) and, with ``backward``, forward+backward of the summed outputs."""
+    gen = torch.Generator().manual_seed(0)
+    ex = example_inputs(module, batch=batch, size=size, generator=gen)
+    n = 1
+    for s in size:
+        n *= s
+    row: dict[str, Any] = {"size": list(size), "n": n, "batch": batch, "status": "ok"}
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            _forward(module, ex)
+        row["flops_fwd"] = counter.get_total_flops()
+        probe.start()
+        _forward(module, ex)
+        row["peak_fwd_mb"] = probe.peak_mb()
+        row["fwd_ms"] = time_call(
+            lambda: _forward(module, ex), warmup=warmup, repeats=repeats, budget_s=budget_s
+        )
+    if backward:
+        for t in ex.tensors():
+            t.requires_grad_(True)
+        with FlopCounterMode(display=False) as counter:
+            _fwd_bwd(module, ex)
+        row["flops_fwdbwd"] = counter.get_total_flops()
+        module.zero_grad(set_to_none=True)
+        probe.start()
+        _fwd_bwd(module, ex)
+        row["peak_fwdbwd_mb"] = probe.peak_mb()
+        row["fwdbwd_ms"] = time_call(
+            lambda: _fwd_bwd(module, ex), warmup=1, repeats=repeats, budget_s=budget_s
+        )
+    return row

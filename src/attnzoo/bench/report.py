@@ -1,0 +1,243 @@
+"""Turn a benchmark result document into numbers a person can read: scaling exponents, crossovers
+against the softmax baseline, a Markdown report, log-log plots, and ratios against an earlier run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BASELINE",
+    "compare_runs",
+    "crossover_n",
+    "scaling_exponent",
+    "summarise",
+    "write_plots",
+    "write_report",
+]
+
+BASELINE = "mhsa"
+_FAMILY_COLOURS = {
+    "token_mixer": "tab:blue",
+    "cross_attention": "tab:purple",
+    "feature_map": "tab:green",
+    "gate": "tab:orange",
+    "pooling": "tab:red",
+}
+
+
+def _ok(rows: list[dict[str, Any]], key: str = "fwd_ms") -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("status") == "ok" and key in r]
+
+
+def scaling_exponent(result: dict[str, Any], key: str = "fwd_ms") -> float | None:
+    """Least-squares slope of log(latency) against log(N) over the measured sizes (None if < 2)."""
+    rows = _ok(result["sizes"], key)
+    if len(rows) < 2:
+        return None
+    n = np.log([r["n"] for r in rows])
+    t = np.log([r[key]["median"] for r in rows])
+    return float(np.polyfit(n, t, 1)[0])
+
+
+def crossover_n(result: dict[str, Any], baseline: dict[str, Any], key: str = "fwd_ms") -> float | None:
+    """Smallest N (log-interpolated) from which ``result`` is faster than ``baseline``.
+
+    ``None`` when the two share fewer than two sizes or ``result`` is never faster; the smallest
+    shared N when it is faster everywhere."""
+    ours = {r["n"]: r[key]["median"] for r in _ok(result["sizes"], key)}
+    theirs = {r["n"]: r[key]["median"] for r in _ok(baseline["sizes"], key)}
+    shared = sorted(set(ours) & set(theirs))
+    if len(shared) < 2:
+        return None
+    ratio = [math.log(ours[n] / theirs[n]) for n in shared]
+    if ratio[0] <= 0:
+        return float(shared[0])
+    for (n0, r0), (n1, r1) in zip(zip(shared, ratio), zip(shared[1:], ratio[1:])):
+        if r1 <= 0 < r0:
+            frac = r0 / (r0 - r1)
+            return float(math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0))))
+    return None
+
+
+def _fmt(value: float | None, unit: str = "", digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if unit == "flops":
+        for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+            if value >= div:
+                return f"{value / div:.2f}{suffix}"
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}{unit}"
+
+
+def _cell(row: dict[str, Any] | None, key: str, sub: str | None = None, unit: str = "") -> str:
+    if row is None:
+        return "–"
+    if row.get("status") != "ok":
+        return row.get("status", "–")
+    value = row.get(key)
+    if value is None:
+        return "–"
+    return _fmt(value[sub] if sub else value, unit)
+
+
+def summarise(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One summary row per mechanism: params, FLOPs at the first size, latency and memory at the
+    first and last size, scaling exponent, crossover N against the softmax baseline."""
+    results = doc["results"]
+    baseline = next((r for r in results if r["name"] == BASELINE), None)
+    rows = []
+    for res in results:
+        sizes = res["sizes"]
+        first = sizes[0] if sizes else None
+        last = sizes[-1] if len(sizes) > 1 else None
+        comparable = baseline is not None and res["family"] == "token_mixer" and res["name"] != BASELINE
+        rows.append(
+            {
+                "name": res["name"],
+                "family": res["family"],
+                "parity": res["parity"],
+                "params": res["params"],
+                "first": first,
+                "last": last,
+                "exponent": scaling_exponent(res),
+                "crossover": crossover_n(res, baseline) if comparable else None,
+            }
+        )
+    return rows
+
+
+def _size_label(row: dict[str, Any] | None) -> str:
+    return "x".join(str(s) for s in row["size"]) if row else "–"
+
+
+def write_report(doc: dict[str, Any], out_dir: Path, plots: list[str]) -> Path:
+    """Write ``report.md`` into ``out_dir`` and return its path."""
+    meta = doc["meta"]
+    lines = [
+        "# attnzoo benchmark report",
+        "",
+        f"{meta['date']} · {meta['cpu']} · {meta['threads']} thread(s) · torch {meta['torch']} · "
+        f"attnzoo {meta['attnzoo']} · preset `{meta['config']['preset']}` · batch {meta['config']['batch']}",
+        "",
+        "Latency is the median wall time of the forward pass (no grad) over repeated runs; memory is the "
+        "peak resident-set growth during one call, measured in a fresh process per mechanism. FLOPs are "
+        "counted by `torch.utils.flop_counter` (matmuls, convolutions, attention; elementwise work is not "
+        "counted). *exp.* is the log-log slope of latency against the number of tokens N; *x-over* is the "
+        f"N from which a token mixer is faster than softmax attention (`{BASELINE}`) in this run.",
+        "",
+        "| mechanism | family | params | FLOPs @ size 1 | size 1 | latency 1 | memory 1 | size 2 | latency 2 "
+        "| memory 2 | exp. | x-over | parity |",
+        "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for row in summarise(doc):
+        first, last = row["first"], row["last"]
+        lines.append(
+            f"| `{row['name']}` | {row['family']} | {_fmt(row['params'], 'flops')} | "
+            f"{_cell(first, 'flops_fwd', unit='flops')} | {_size_label(first)} | "
+            f"{_cell(first, 'fwd_ms', 'median', ' ms')} | {_cell(first, 'peak_fwd_mb', unit=' MiB')} | "
+            f"{_size_label(last)} | {_cell(last, 'fwd_ms', 'median', ' ms')} | "
+            f"{_cell(last, 'peak_fwd_mb', unit=' MiB')} | {_fmt(row['exponent'], digits=2)} | "
+            f"{_fmt(row['crossover'], digits=3)} | {row['parity']} |"
+        )
+    backward = [r for r in doc["results"] if any("fwdbwd_ms" in s for s in r["sizes"])]
+    if backward:
+        lines += [
+            "",
+            "## Forward + backward",
+            "",
+            "| mechanism | size | fwd ms | fwd+bwd ms | fwd MiB | fwd+bwd MiB | FLOPs fwd+bwd |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for res in backward:
+            for s in res["sizes"]:
+                lines.append(
+                    f"| `{res['name']}` | {_size_label(s)} | {_cell(s, 'fwd_ms', 'median')} | "
+                    f"{_cell(s, 'fwdbwd_ms', 'median')} | {_cell(s, 'peak_fwd_mb')} | "
+                    f"{_cell(s, 'peak_fwdbwd_mb')} | {_cell(s, 'flops_fwdbwd', unit='flops')} |"
+                )
+    failures = [(r["name"], s) for r in doc["results"] for s in r["sizes"] if s.get("status") not in ("ok",)]
+    if failures:
+        lines += ["", "## Not measured", ""]
+        lines += [
+            f"- `{name}` at {_size_label(s)}: {s['status']}" + (f" ({s['error']})" if s.get("error") else "")
+            for name, s in failures
+        ]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_plots(doc: dict[str, Any], out_dir: Path) -> list[str]:
+    """Latency and memory against N (log-log, coloured by family); returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for key, sub, ylabel, fname in (
+        ("fwd_ms", "median", "forward latency (ms)", "latency.png"),
+        ("peak_fwd_mb", None, "forward peak memory (MiB)", "memory.png"),
+    ):
+        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+        for ax, grid in zip(axes, (False, True)):
+            for res in doc["results"]:
+                if (res["spatial_dims"] >= 2) != grid:
+                    continue
+                rows = _ok(res["sizes"], key)
+                if not rows:
+                    continue
+                xs = [r["n"] for r in rows]
+                ys = [max(r[key][sub] if sub else r[key], 1e-3) for r in rows]
+                style = "-" if res["family"] == "token_mixer" else "--"
+                ax.plot(xs, ys, style, marker="o", ms=3, color=_FAMILY_COLOURS.get(res["family"], "grey"))
+                ax.annotate(res["name"], (xs[-1], ys[-1]), fontsize=6, alpha=0.8)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("tokens N = H*W" if grid else "sequence length N")
+            ax.set_ylabel(ylabel)
+            ax.set_title("2-D / feature-map mechanisms" if grid else "sequence and set mechanisms")
+            ax.grid(True, which="both", alpha=0.3)
+        handles = [plt.Line2D([], [], color=c, label=f) for f, c in _FAMILY_COLOURS.items()]
+        fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 0.94))
+        fig.savefig(out_dir / fname, dpi=110)
+        plt.close(fig)
+        files.append(fname)
+    return files
+
+
+def compare_runs(
+    new: dict[str, Any], old: dict[str, Any], *, threshold: float = 1.10
+) -> tuple[list[str], int]:
+    """Per-mechanism, per-size ratios new/old of forward latency and memory.
+
+    Returns the table lines and the number of regressions (latency ratio above ``threshold``)."""
+    old_by_name = {r["name"]: r for r in old["results"]}
+    lines = [
+        "| mechanism | size | latency new/old | memory new/old | flag |",
+        "|---|---|---:|---:|---|",
+    ]
+    regressions = 0
+    for res in new["results"]:
+        before = old_by_name.get(res["name"])
+        if before is None:
+            continue
+        old_sizes = {tuple(s["size"]): s for s in _ok(before["sizes"])}
+        for s in _ok(res["sizes"]):
+            o = old_sizes.get(tuple(s["size"]))
+            if o is None:
+                continue
+            lat = s["fwd_ms"]["median"] / o["fwd_ms"]["median"]
+            mem = (s["peak_fwd_mb"] + 1.0) / (o["peak_fwd_mb"] + 1.0)
+            flag = "REGRESSION" if lat > threshold else ("faster" if lat < 1 / threshold else "")
+            regressions += flag == "REGRESSION"
+            lines.append(f"| `{res['name']}` | {_size_label(s)} | {lat:.2f} | {mem:.2f} | {flag} |")
+    return lines, regressions

@@ -1,0 +1,153 @@
+"""The ``attnzoo`` command line: list, info, bench, report, readme (and eval/analyze when present)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import attnzoo
+from attnzoo.registry import FAMILIES
+
+__all__ = ["main"]
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    names = attnzoo.list_mechanisms(family=args.family)
+    width = max((len(n) for n in names), default=4)
+    print(f"{'name':<{width}}  {'family':<15}  {'parity':<9}  time complexity")
+    for name in names:
+        c = attnzoo.card(name)
+        print(f"{name:<{width}}  {c.family:<15}  {c.parity:<9}  {c.time_complexity}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    c = attnzoo.card(args.name)
+    print(f"{c.name}: {c.summary}")
+    print(f"  family          {c.family}")
+    print(f"  aliases         {', '.join(c.aliases) or '–'}")
+    print(f"  paper           {c.paper} ({c.year or '–'})" + (f"  arXiv:{c.arxiv}" if c.arxiv else ""))
+    official = c.official_repo or "–"
+    if c.official_commit:
+        official += f" @ {c.official_commit[:12]}"
+    print(f"  official code   {official}")
+    print(
+        f"  parity          {c.parity}"
+        + (f" (fixtures: {', '.join(c.parity_fixtures)})" if c.parity_fixtures else "")
+    )
+    print(f"  time            {c.time_complexity}")
+    print(f"  memory          {c.memory_complexity}")
+    print(f"  layouts         {', '.join(c.layouts)}; spatial dims {c.spatial_dims}")
+    print(
+        f"  causal          {'yes' if c.causal else 'no'}; variable size {'yes' if c.variable_size else 'no'}"
+    )
+    print(f"  benchmark cfg   {dict(c.bench)}")
+    print("  ledger:")
+    for line in c.ledger:
+        print(f"    - {line}")
+    return 0
+
+
+def _select(args: argparse.Namespace) -> list[str]:
+    if args.only:
+        names = [attnzoo.card(n.strip()).name for n in args.only.split(",") if n.strip()]
+    else:
+        names = attnzoo.list_mechanisms(family=args.family)
+    if args.family:
+        names = [n for n in names if attnzoo.card(n).family == args.family]
+    if not names:
+        raise SystemExit("no mechanism selected")
+    return names
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from attnzoo.bench.report import compare_runs, summarise, write_plots, write_report
+    from attnzoo.bench.runner import PRESETS, run_benchmarks
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+    else:
+        config = PRESETS["full" if args.full else "quick"]
+        overrides = {k: getattr(args, k) for k in ("threads", "timeout_s") if getattr(args, k) is not None}
+        config = dataclasses.replace(config, **overrides)
+        doc = run_benchmarks(_select(args), config, progress=not args.no_progress)
+        (out / "bench.json").write_text(json.dumps(doc, indent=1))
+    plots = write_plots(doc, out)
+    report = write_report(doc, out, plots)
+    for row in summarise(doc):
+        first = row["first"]
+        lat = first["fwd_ms"]["median"] if first and first.get("status") == "ok" else float("nan")
+        exp = f"{row['exponent']:.2f}" if row["exponent"] is not None else "–"
+        where = first["size"] if first else "-"
+        print(f"{row['name']:<32} {row['family']:<15} fwd {lat:9.3f} ms @ {where}  exp {exp}")
+    print(f"wrote {report} and {', '.join(str(out / p) for p in plots)}")
+    if args.against:
+        lines, regressions = compare_runs(doc, json.loads(Path(args.against).read_text()))
+        print("\n".join(lines))
+        print(f"{regressions} regression(s) against {args.against}")
+    return 0
+
+
+def _cmd_readme(args: argparse.Namespace) -> int:
+    from attnzoo.docs import update_readme
+
+    changed = update_readme(Path(args.path), check=args.check)
+    if args.check and changed:
+        print(f"{args.path} is out of date: run `attnzoo readme`")
+        return 1
+    print(f"{args.path}: {'updated' if changed else 'up to date'}")
+    return 0
+
+
+def _add_bench_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="two sizes, forward only (default)")
+    preset.add_argument("--full", action="store_true", help="full sweeps, forward and backward")
+    p.add_argument("--only", help="comma-separated mechanism names")
+    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--out", default=default_out, help="output directory (default: %(default)s)")
+    p.add_argument("--against", help="earlier bench.json to compare with (ratios, regressions)")
+    p.add_argument("--from", dest="from_json", help="re-render an existing bench.json instead of measuring")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: preset)")
+    p.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per mechanism (default: preset)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnzoo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="registered mechanisms")
+    p.add_argument("--family", choices=FAMILIES)
+    p.set_defaults(func=_cmd_list)
+    p = sub.add_parser("info", help="a mechanism's card")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_info)
+    _add_bench_args(
+        sub.add_parser("bench", help="measure cost: params, FLOPs, latency, memory"), "reports/bench"
+    )
+    _add_bench_args(sub.add_parser("report", help="the comparison report (the main job)"), "reports")
+    p = sub.add_parser("readme", help="regenerate the README mechanism table")
+    p.add_argument("--path", default="README.md")
+    p.add_argument("--check", action="store_true", help="exit 1 if the table is out of date")
+    p.set_defaults(func=_cmd_readme)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyError as exc:
+        print(f"attnzoo: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Input checks and layout conversions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnzoo import layout
+from attnzoo.checks import check_divisible, check_size, check_tensor, set_finite_check
+
+
+def test_check_tensor_errors_name_the_argument() -> None:
+    with pytest.raises(TypeError, match=r"foo must be a torch\.Tensor"):
+        check_tensor([1.0], "foo")
+    with pytest.raises(ValueError, match="foo must have 3 dimensions"):
+        check_tensor(torch.zeros(2, 2), "foo", ndim=3)
+    with pytest.raises(TypeError, match="foo must be a floating-point"):
+        check_tensor(torch.zeros(2, dtype=torch.long), "foo")
+    with pytest.raises(ValueError, match="foo must not be empty"):
+        check_tensor(torch.zeros(0, 3), "foo")
+    with pytest.raises(ValueError, match="foo contains NaN"):
+        check_tensor(torch.tensor([1.0, float("nan")]), "foo")
+    with pytest.raises(ValueError, match="dimension 1"):
+        check_tensor(torch.zeros(2, 3), "foo", shape=(2, 4))
+
+
+def test_finite_check_can_be_disabled() -> None:
+    set_finite_check(False)
+    try:
+        check_tensor(torch.tensor([float("inf")]), "foo")
+    finally:
+        set_finite_check(True)
+
+
+def test_check_size() -> None:
+    assert check_size((2, 3), 6, spatial_dims=2) == (2, 3)
+    with pytest.raises(ValueError, match="N=7"):
+        check_size((2, 3), 7, spatial_dims=2)
+    with pytest.raises(ValueError, match="size is required"):
+        check_size(None, 6, spatial_dims=2)
+    with pytest.raises(TypeError, match="size must be a tuple"):
+        check_size("23", 6, spatial_dims=2)
+    with pytest.raises(ValueError, match="2 entries"):
+        check_size((6,), 6, spatial_dims=2)
+
+
+def test_check_divisible() -> None:
+    check_divisible(8, 2, "dim", "num_heads")
+    with pytest.raises(ValueError, match="num_heads=3 must divide dim=8"):
+        check_divisible(8, 3, "dim", "num_heads")
+
+
+def test_layout_round_trips() -> None:
+    x = torch.randn(2, 3, 4, 5)  # B C H W
+    bnc = layout.bchw_to_bnc(x)
+    assert bnc.shape == (2, 20, 3)
+    assert torch.equal(layout.bnc_to_bchw(bnc, (4, 5)), x)
+    bhwc = layout.bchw_to_bhwc(x)
+    assert torch.equal(layout.bhwc_to_bchw(bhwc), x)
+    assert torch.equal(layout.bhwc_to_bnc(bhwc), bnc)
+    assert torch.equal(layout.bnc_to_bhwc(bnc, (4, 5)), bhwc)
+    with pytest.raises(ValueError, match="size"):
+        layout.bnc_to_bchw(bnc, (4, 4))
