@@ -130,6 +130,8 @@ def write_report(doc: dict[str, Any], out_dir: Path, plots: list[str]) -> Path:
         "counted). *exp.* is the log-log slope of latency against the number of tokens N; *x-over* is the "
         f"N from which a token mixer is faster than softmax attention (`{BASELINE}`) in this run.",
         "",
+        "Plots: " + (", ".join(f"[{p}]({p})" for p in plots) if plots else "none"),
+        "",
         "| mechanism | family | params | FLOPs @ size 1 | size 1 | latency 1 | memory 1 | size 2 | latency 2 "
         "| memory 2 | exp. | x-over | parity |",
         "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---|",
