@@ -75,7 +75,9 @@ class Card:
         variable_size: whether one module accepts inputs of any size.
         ledger: one line per deviation between attnzoo, the paper and the official code.
         tiny: constructor kwargs for a tiny instance (conformance suite, gradcheck).
-        bench: constructor kwargs for the default benchmark configuration.
+        bench: constructor kwargs for the default benchmark configuration; reserved keys:
+            ``sizes`` (the sizes to sweep instead of the preset's) and ``variants``
+            (``{label: overrides}``, each benchmarked as ``name[label]``, e.g. dense vs sparse).
         conformance: per-mechanism overrides for the conformance suite, e.g.
             ``{"sizes": [(4, 6)], "skip": {"compile": "reason"}}``; every skip carries its reason.
         aliases: other names :func:`create` accepts.

@@ -96,7 +96,9 @@ def test_result_structure_and_isolation(tmp_path: Path) -> None:
             assert row["status"] == "ok"
             assert row["fwd_ms"]["median"] > 0 and row["peak_fwd_mb"] >= 0
             assert row["flops_fwd"] > 0
-    assert mhsa["sizes"][1]["flops_fwd"] > mhsa["sizes"][0]["flops_fwd"]
+    c = attnzoo.card("mhsa").bench["dim"]
+    for row in mhsa["sizes"]:  # projections 8 N C^2 plus attention 4 N^2 C: SDPA FLOPs are counted
+        assert row["flops_fwd"] == 8 * row["n"] * c * c + 4 * row["n"] ** 2 * c
     pids = {mhsa["worker_pid"], eca["worker_pid"]}
     assert len(pids) == 2 and os.getpid() not in pids, "each mechanism runs in its own process"
     json.dumps(doc)
@@ -104,6 +106,18 @@ def test_result_structure_and_isolation(tmp_path: Path) -> None:
     report = write_report(doc, tmp_path, plots).read_text()
     assert "`mhsa`" in report and "`eca`" in report
     assert all((tmp_path / p).stat().st_size > 0 for p in plots)
+
+
+def test_variants_are_benchmarked_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    card = dataclasses.replace(
+        attnzoo.card("mhsa"), bench={"dim": 16, "num_heads": 2, "variants": {"h2": {}, "h4": {"num_heads": 4}}}
+    )
+    monkeypatch.setitem(registry._CARDS, "mhsa", card)
+    cfg = dataclasses.replace(TINY, seq_sizes=(16,))
+    doc = run_benchmarks(["mhsa"], cfg, progress=False)
+    assert [r["name"] for r in doc["results"]] == ["mhsa[h2]", "mhsa[h4]"]
+    assert [r["config"]["num_heads"] for r in doc["results"]] == [2, 4]
+    assert all(r["mechanism"] == "mhsa" for r in doc["results"])
 
 
 def test_backward_is_measured() -> None:

@@ -6,7 +6,8 @@ on Linux the mark is reset before each measurement (``/proc/self/clear_refs``), 
 is handed back to the system (``malloc_trim``) and large blocks are mmap-allocated (``mallopt``),
 so that memory cached by one measurement cannot hide the next one's allocations.
 FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and
-attention ops; elementwise work is not counted).
+attention; elementwise work is not counted). The counting pass runs SDPA on its math backend,
+because the CPU flash kernel has no FLOP formula and would count as zero.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import attnzoo
@@ -30,16 +32,35 @@ __all__ = [
     "BENCH_RESERVED_KEYS",
     "MemoryProbe",
     "bench_kwargs",
+    "bench_variants",
+    "count_flops",
     "measure_size",
     "time_call",
 ]
 
-BENCH_RESERVED_KEYS = ("sizes", "batch")
+BENCH_RESERVED_KEYS = ("sizes", "variants")
 
 
 def bench_kwargs(name: str) -> dict[str, Any]:
     """Constructor kwargs of ``name``'s benchmark configuration (card.bench minus reserved keys)."""
     return {k: v for k, v in attnzoo.card(name).bench.items() if k not in BENCH_RESERVED_KEYS}
+
+
+def bench_variants(name: str) -> dict[str, dict[str, Any]]:
+    """Labelled constructor configurations to benchmark: ``{"": kwargs}``, or one entry per
+    ``card.bench["variants"]`` label (each label's overrides applied to the base kwargs)."""
+    base = bench_kwargs(name)
+    variants = attnzoo.card(name).bench.get("variants")
+    if not variants:
+        return {"": base}
+    return {label: {**base, **overrides} for label, overrides in variants.items()}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of ``fn()`` as counted by FlopCounterMode, with SDPA on its (countable) math backend."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 class MemoryProbe:
@@ -140,9 +161,7 @@ def measure_size(
         n *= s
     row: dict[str, Any] = {"size": list(size), "n": n, "batch": batch, "status": "ok"}
     with torch.no_grad():
-        with FlopCounterMode(display=False) as counter:
-            _forward(module, ex)
-        row["flops_fwd"] = counter.get_total_flops()
+        row["flops_fwd"] = count_flops(lambda: _forward(module, ex))
         probe.start()
         _forward(module, ex)
         row["peak_fwd_mb"] = probe.peak_mb()
@@ -152,9 +171,7 @@ def measure_size(
     if backward:
         for t in ex.tensors():
             t.requires_grad_(True)
-        with FlopCounterMode(display=False) as counter:
-            _fwd_bwd(module, ex)
-        row["flops_fwdbwd"] = counter.get_total_flops()
+        row["flops_fwdbwd"] = count_flops(lambda: _fwd_bwd(module, ex))
         module.zero_grad(set_to_none=True)
         probe.start()
         _fwd_bwd(module, ex)

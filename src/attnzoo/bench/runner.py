@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import attnzoo
-from attnzoo.bench.measure import MemoryProbe, bench_kwargs, measure_size
+from attnzoo.bench.measure import MemoryProbe, bench_variants, measure_size
 from attnzoo.registry import Card, mechanism_class, register
 
 __all__ = ["PRESETS", "BenchConfig", "machine_metadata", "run_benchmarks", "sizes_for"]
@@ -119,7 +119,13 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _worker(
-    name: str, cls: type, card: Card, sizes: list[tuple[int, ...]], config: BenchConfig, conn: Connection
+    name: str,
+    cls: type,
+    card: Card,
+    kwargs: dict[str, Any],
+    sizes: list[tuple[int, ...]],
+    config: BenchConfig,
+    conn: Connection,
 ) -> None:
     torch.set_num_threads(config.threads)
     torch.manual_seed(0)
@@ -127,7 +133,7 @@ def _worker(
     try:
         if name not in attnzoo.list_mechanisms():
             register(card)(cls)  # a mechanism registered by user code after the fork server started
-        module = attnzoo.create(name, **bench_kwargs(name))
+        module = attnzoo.create(name, **kwargs)
         params = sum(p.numel() for p in module.parameters())
         conn.send({"kind": "params", "params": params, "pid": os.getpid()})
         warm = measure_size(
@@ -171,22 +177,25 @@ def _context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
-def _bench_one(name: str, config: BenchConfig, ctx: mp.context.BaseContext) -> dict[str, Any]:
+def _bench_one(
+    name: str, label: str, kwargs: dict[str, Any], config: BenchConfig, ctx: mp.context.BaseContext
+) -> dict[str, Any]:
     card = attnzoo.card(name)
     sizes = sizes_for(card, config)
     result: dict[str, Any] = {
-        "name": name,
+        "name": f"{name}[{label}]" if label else name,
+        "mechanism": name,
         "family": card.family,
         "parity": card.parity,
         "spatial_dims": card.spatial_dims,
-        "config": {k: v for k, v in bench_kwargs(name).items() if isinstance(v, (int, float, str, bool))},
+        "config": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
         "params": None,
         "worker_pid": None,
         "sizes": [],
     }
     parent, child = ctx.Pipe(duplex=False)
     cls = mechanism_class(name)
-    proc = ctx.Process(target=_worker, args=(name, cls, card, sizes, config, child), daemon=True)
+    proc = ctx.Process(target=_worker, args=(name, cls, card, kwargs, sizes, config, child), daemon=True)
     proc.start()
     child.close()
     deadline = time.monotonic() + config.timeout_s
@@ -242,12 +251,11 @@ def _bench_one(name: str, config: BenchConfig, ctx: mp.context.BaseContext) -> d
 
 def run_benchmarks(names: list[str], config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
     """Benchmark ``names`` with ``config``; returns the JSON-ready result document."""
-    for name in names:
-        attnzoo.card(name)
+    jobs = [(name, label, kwargs) for name in names for label, kwargs in bench_variants(name).items()]
     ctx = _context()
     results = []
-    bar = tqdm(names, desc="bench", unit="mechanism", disable=not progress, file=sys.stderr)
-    for name in bar:
-        bar.set_postfix_str(name)
-        results.append(_bench_one(name, config, ctx))
+    bar = tqdm(jobs, desc="bench", unit="config", disable=not progress, file=sys.stderr)
+    for name, label, kwargs in bar:
+        bar.set_postfix_str(f"{name}[{label}]" if label else name)
+        results.append(_bench_one(name, label, kwargs, config, ctx))
     return {"meta": {**machine_metadata(config.threads), "config": asdict(config)}, "results": results}
