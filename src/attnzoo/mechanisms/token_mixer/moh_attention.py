@@ -82,6 +82,7 @@ __all__ = ["MoHAttention"]
             "routed_head": 2,
             "qkv_bias": True,
             "sparse_heads": True,
+            "variants": {"dense": {"sparse_heads": False}, "sparse": {"sparse_heads": True}},
         },
     )
 )
