@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# The CPU wheel first, so that the project's torch range never pulls a CUDA build.
 	$(PIP) install --quiet $(TORCH_CPU)
 	$(PIP) install --quiet -e ".[dev]"
+	# Test oracle, source-only: built against the installed torch (an isolated build would pull CUDA torch).
+	$(PIP) install --quiet --no-build-isolation natten==0.21.7
 	touch $@
 
 install: $(VENV)/.installed
