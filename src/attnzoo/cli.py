@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import attnzoo
+from attnzoo.analysis.cli import add_analyze_parser
 from attnzoo.registry import FAMILIES
 
 __all__ = ["main"]
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("bench", help="measure cost: params, FLOPs, latency, memory"), "reports/bench"
     )
     _add_bench_args(sub.add_parser("report", help="the comparison report (the main job)"), "reports")
+    add_analyze_parser(sub)
     p = sub.add_parser("readme", help="regenerate the README mechanism table")
     p.add_argument("--path", default="README.md")
     p.add_argument("--check", action="store_true", help="exit 1 if the table is out of date")

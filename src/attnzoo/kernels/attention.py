@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnzoo.capture import capturing, record
+from attnzoo.capture import capturing, record, wants
 
 __all__ = ["attention", "attention_reference", "causal_mask", "merge_heads", "split_heads"]
 
@@ -87,7 +87,7 @@ def attention_reference(
             scores = scores + combined
     probs = scores.softmax(dim=-1)
     if capturing():
-        record(probs, scores, kind="softmax")
+        record(probs, scores, kind="softmax", values=v if wants("values") else None)
     out = (F.dropout(probs, dropout_p) if dropout_p else probs) @ v
     return (out, probs) if return_weights else out
 
