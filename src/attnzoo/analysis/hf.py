@@ -88,13 +88,19 @@ def uses_transformers(model: nn.Module) -> bool:
     return bool(_configured(model))
 
 
+# Implementations that return attention probabilities: transformers' eager attention and the
+# edit implementation of :mod:`attnzoo.inference.hf_edit` (which records its own maps).
+PROBABILITY_IMPLEMENTATIONS = ("eager", "attnzoo_edit")
+
+
 def require_eager(model: nn.Module) -> None:
-    """Raise ``ValueError`` unless every ``transformers`` config in ``model`` selects eager attention."""
+    """Raise ``ValueError`` unless every ``transformers`` config in ``model`` selects an attention
+    implementation that returns probabilities (:data:`PROBABILITY_IMPLEMENTATIONS`)."""
     bad = sorted(
         {
             f"{type(m).__name__}: {m.config._attn_implementation!r}"
             for m in _configured(model)
-            if m.config._attn_implementation != "eager"
+            if m.config._attn_implementation not in PROBABILITY_IMPLEMENTATIONS
         }
     )
     if bad:

@@ -1,0 +1,36 @@
+"""Official ACT format: ``models/llama_modelling_aug.py::atten_process_eval`` (GATECH-EIC/ACT).
+
+A pure function of the attention map (no parameters): the official module globals ``BETA`` /
+``THRES`` are the constructor's ``beta`` / ``threshold``, and the per-layer head table entry is the
+forward kwarg ``heads`` (``layer`` only names the table row it came from). The official function
+has the one-token decode quirk, so the adapter builds :class:`ACTCalibration` with
+``official_quirks=True``; attnzoo's default (``False``) fixes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from attnzoo.inference.act import ACTCalibration
+from attnzoo.official import OfficialRun, adapter
+
+
+def _call(
+    module: ACTCalibration, attn_weights: torch.Tensor, heads: Sequence[int], layer: int | None = None
+) -> tuple[torch.Tensor]:
+    return (module(attn_weights, heads),)
+
+
+@adapter("act_calibration")
+def load_act_calibration(
+    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
+) -> OfficialRun:
+    if state_dict:
+        raise ValueError(f"atten_process_eval has no parameters, got state_dict keys {sorted(state_dict)}")
+    module = ACTCalibration(
+        float(constructor.get("beta", 0.4)), float(constructor.get("threshold", 0.1)), official_quirks=True
+    )
+    return OfficialRun(module.eval(), _call)
