@@ -82,13 +82,14 @@ class TokenMixer(Mechanism):
     ``compute(x, size)`` where ``size`` is the validated spatial size (``(N,)`` for sequences).
 
     A mixer whose sequence starts with ``num_prefix_tokens`` extra tokens (e.g. a class token)
-    checks ``N == num_prefix_tokens + H*W``."""
+    checks ``N == num_prefix_tokens + H*W``. Mechanism-specific keyword inputs (e.g. a region map)
+    are passed through to ``compute(x, size, **extra)``, which validates them."""
 
     dim: int
     causal: bool = False
     num_prefix_tokens: int = 0
 
-    def forward(self, x: torch.Tensor, *, size: tuple[int, ...] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, size: tuple[int, ...] | None = None, **extra: Any) -> torch.Tensor:
         check_tensor(x, "x", ndim=3)
         _check_channels(x, 2, self.dim, "x", "dim")
         nd = self.spatial_dims
@@ -102,7 +103,7 @@ class TokenMixer(Mechanism):
         else:
             size = (n,)
         with module_scope(self):
-            return self.compute(x, size)
+            return self.compute(x, size, **extra)
 
 
 class CrossAttention(Mechanism):
