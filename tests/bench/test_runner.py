@@ -110,7 +110,8 @@ def test_result_structure_and_isolation(tmp_path: Path) -> None:
 
 def test_variants_are_benchmarked_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
     card = dataclasses.replace(
-        attnzoo.card("mhsa"), bench={"dim": 16, "num_heads": 2, "variants": {"h2": {}, "h4": {"num_heads": 4}}}
+        attnzoo.card("mhsa"),
+        bench={"dim": 16, "num_heads": 2, "variants": {"h2": {}, "h4": {"num_heads": 4}}},
     )
     monkeypatch.setitem(registry._CARDS, "mhsa", card)
     cfg = dataclasses.replace(TINY, seq_sizes=(16,))

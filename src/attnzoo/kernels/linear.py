@@ -15,11 +15,14 @@ Three exact forms of the same function:
 * :func:`linear_attention_chunked`: the chunked parallel form. The sequence is cut into chunks of
   ``chunk_size`` tokens; inside a chunk the output is an exact masked "attention" product, and a
   state is carried between chunks (Lightning Attention's intra/inter-block split; the chunked
-  GLA of Yang et al. 2023). Decays are cumulative log gates *relative to the chunk*, so every
-  ``exp`` has a non-positive argument and nothing overflows, whatever the gate strength. For
-  per-key gates the intra-chunk products are formed by recursive halving: rows of the second half
-  against columns of the first half use the log gate at the split point as reference, so both
-  factors ``exp(b_i - r)`` and ``exp(r - b_j)`` are <= 1 (no ``exp(+x)`` anywhere).
+  GLA of Yang et al. 2023). Decays are cumulative log gates *relative to the chunk*. Inside a
+  chunk, ``exp(b_i - b_j)`` is split as ``exp(b_i - r) exp(r - b_j)`` around the chunk's midpoint
+  ``r`` whenever both factors stay normal floating-point numbers (any realistic gate: a total log
+  decay over the chunk above about -124 in float32, -990 in float64); stronger decays take an
+  always-safe form in which every ``exp`` has a non-positive argument: the masked decay matrix for
+  scalar decays, and for per-key gates recursive halving, where rows of the second half against
+  columns of the first half use the log gate at the split point as reference. Nothing overflows,
+  whatever the gate strength, and both forms agree to rounding.
 * :func:`linear_attention_step`: one decoding step on an explicit state.
 
 :func:`linear_attention` dispatches to the chunked form; :func:`linear_attention_bidirectional`
@@ -30,14 +33,16 @@ inputs).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from attnzoo.checks import check_tensor
 
 __all__ = [
-    "CHUNK_SIZE_PER_KEY",
-    "CHUNK_SIZE_SCALAR",
+    "DEFAULT_CHUNK_SIZE",
+    "SEGMENT_SIZE",
     "linear_attention",
     "linear_attention_bidirectional",
     "linear_attention_chunked",
@@ -45,10 +50,10 @@ __all__ = [
     "linear_attention_step",
 ]
 
-#: default chunk lengths: scalar (or no) decay, and per-key gates (whose intra-chunk products cost
-#: one extra exp per element and level of the recursive halving, so shorter chunks are faster).
-CHUNK_SIZE_SCALAR = 64
-CHUNK_SIZE_PER_KEY = 16
+#: default chunk length of the chunked form
+DEFAULT_CHUNK_SIZE = 64
+#: tokens per segment of the chunked form (a multiple of every chunk length up to it)
+SEGMENT_SIZE = 4096
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -160,40 +165,95 @@ def _pad_chunks(x: torch.Tensor, n_pad: int, chunk: int) -> torch.Tensor:
     return x.reshape(b, h, n // chunk, chunk, d)
 
 
-def _intra_scalar(q: torch.Tensor, k: torch.Tensor, cum: torch.Tensor | None) -> torch.Tensor:
-    """Causal intra-chunk scores ``A_ij = q_i.k_j exp(b_i - b_j)`` (j <= i) for a scalar log decay."""
-    c = q.shape[-2]
-    scores = q @ k.transpose(-1, -2)
-    lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    if cum is None:
-        return scores.masked_fill(~lower, 0.0)
-    diff = cum - cum.transpose(-1, -2)  # b_i - b_j: <= 0 on and below the diagonal
-    return scores * diff.masked_fill(~lower, float("-inf")).exp()
-
-
 def _intra_per_key(q: torch.Tensor, k: torch.Tensor, cum: torch.Tensor) -> torch.Tensor:
     """Causal intra-chunk scores ``A_ij = sum_d q_id k_jd exp(b_id - b_jd)`` (j <= i), per-key gates.
 
-    Built bottom-up by recursive halving (the chunk length is a power of two): at every level the
+    Built by recursive halving (the chunk length is a power of two): at every level the
     off-diagonal block (second half x first half) uses the cumulative log gate ``r`` at the last
     position of the first half as its reference, so ``exp(b_i - r) <= 1`` and ``exp(r - b_j) <= 1``.
     """
     lead, c, d = q.shape[:-2], q.shape[-2], q.shape[-1]
-    blocks = (q * k).sum(-1)[..., None, None]  # diagonal entries: exp(0) = 1
-    m = 1
-    while m < c:
+    scores = q.new_zeros(*lead, c, c)
+    scores.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1))  # j = i: exp(0) = 1
+    m = c // 2
+    while m >= 1:
         nb = c // (2 * m)
         qh = q.reshape(*lead, nb, 2, m, d)[..., 1, :, :]
         kh = k.reshape(*lead, nb, 2, m, d)[..., 0, :, :]
         bh = cum.reshape(*lead, nb, 2, m, d)
         ref = bh[..., 0, m - 1 :, :]
         off = (qh * (bh[..., 1, :, :] - ref).exp()) @ (kh * (ref - bh[..., 0, :, :]).exp()).transpose(-1, -2)
-        pairs = blocks.reshape(*lead, nb, 2, m, m)
-        top = torch.cat([pairs[..., 0, :, :], torch.zeros_like(off)], dim=-1)
-        bottom = torch.cat([off, pairs[..., 1, :, :]], dim=-1)
-        blocks = torch.cat([top, bottom], dim=-2)
-        m *= 2
-    return blocks.reshape(*lead, c, c)
+        blocks = scores.view(*lead, nb, 2 * m, nb, 2 * m).diagonal(dim1=-4, dim2=-2)  # (..., 2m, 2m, nb)
+        blocks[..., m:, :m, :].copy_(off.movedim(-3, -1))
+        m //= 2
+    return scores
+
+
+def _exp_range(dtype: torch.dtype) -> float:
+    """Largest ``|x|`` for which ``exp(x)`` and ``exp(-x)`` are normal numbers with room to spare."""
+    return 0.7 * math.log(torch.finfo(dtype).max)
+
+
+def _chunk_factors(
+    qc: torch.Tensor, kc: torch.Tensor, cum: torch.Tensor, per_key: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Intra-chunk scores, ``q_i exp(b_i)`` and ``k_j exp(b_last - b_j)`` for chunked log decays ``cum``.
+
+    When every chunk's total log decay lies within ``2 * _exp_range``, one reference per chunk and
+    key, the midpoint ``r = b_last / 2``, keeps ``exp(b_i - r)`` and ``exp(r - b_j)`` normal numbers:
+    the scores are then one matmul of rescaled ``q`` and ``k`` (each term exact to rounding) and one
+    ``exp`` per element suffices. Stronger decays (or tracing under ``torch.compile``) take the
+    always-safe forms: the masked decay matrix (scalar decay) or recursive halving (per-key gates),
+    whose exponents are all <= 0. Both give the same result to rounding.
+    """
+    total = cum[..., -1:, :]
+    limit = _exp_range(cum.dtype)
+    if not torch.compiler.is_compiling() and bool(total.min() >= -2 * limit):
+        ref = total / 2
+        rel = cum - ref  # b_i - r in [-limit, limit]; two exps (not 1 / exp) keep backward in range too
+        q_rel, k_rel = qc * rel.exp(), kc * (-rel).exp()
+        scores = torch.tril(q_rel @ k_rel.transpose(-1, -2))  # also drops the overflowing j > i entries
+        return scores, q_rel * ref.exp(), k_rel * (total - ref).exp()
+    if per_key:
+        scores = _intra_per_key(qc, kc, cum)
+    else:
+        c = qc.shape[-2]
+        lower = torch.ones(c, c, dtype=torch.bool, device=qc.device).tril()
+        diff = cum - cum.transpose(-1, -2)  # b_i - b_j: <= 0 on and below the diagonal
+        scores = (qc @ kc.transpose(-1, -2)) * diff.masked_fill(~lower, float("-inf")).exp()
+    return scores, qc * cum.exp(), kc * (total - cum).exp()
+
+
+def _chunked_segment(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate: torch.Tensor | None,
+    state: torch.Tensor,
+    scale: float,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked form on one segment (inputs already in the compute dtype), from ``state``."""
+    b, h, n, dv = v.shape
+    chunk = min(chunk_size, 1 << max(n - 1, 0).bit_length())
+    n_pad = -n % chunk
+    qc, kc, vc = (_pad_chunks(t, n_pad, chunk) for t in (q, k, v))
+    if gate is None:
+        scores = torch.tril(qc @ kc.transpose(-1, -2))
+        q_in, k_out, decay = qc, kc, None
+    else:
+        cum = _pad_chunks(gate, n_pad, chunk).cumsum(dim=-2)  # log decay from the chunk start, <= 0
+        scores, q_in, k_out = _chunk_factors(qc, kc, cum, per_key=gate.shape[-1] > 1)
+        decay = cum[..., -1:, :].transpose(-1, -2).exp().contiguous()  # (B, h, N_c, d_k or 1, 1)
+    local = k_out.transpose(-1, -2) @ vc  # (B, h, N_c, d_k, d_v): each chunk's own contribution
+    entering = []
+    for c in range(local.shape[2]):
+        entering.append(state)
+        carried = state if decay is None else state * decay[:, :, c]
+        state = local[:, :, c] + carried
+    inter = q_in @ torch.stack(entering, dim=2)
+    o = torch.baddbmm(inter.flatten(0, 2), scores.flatten(0, 2), vc.flatten(0, 2), beta=scale, alpha=scale)
+    return o.reshape(b, h, n + n_pad, dv)[:, :, :n], state
 
 
 def linear_attention_chunked(
@@ -204,50 +264,37 @@ def linear_attention_chunked(
     log_gate: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     scale: float = 1.0,
-    chunk_size: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked parallel form; same contract and result as :func:`linear_attention_recurrent`.
 
-    ``chunk_size`` must be a power of two (``None``: :data:`CHUNK_SIZE_SCALAR` for no or scalar
-    decay, :data:`CHUNK_SIZE_PER_KEY` for per-key gates); ``N`` need not be a multiple of it (the
-    last chunk is zero-padded with zero log gates, which leaves outputs and final state unchanged).
+    ``chunk_size`` must be a power of two; ``N`` need not be a multiple of it (the last chunk is
+    zero-padded with zero log gates, which leaves outputs and the final state unchanged). Log
+    gates must be finite (``<= 0``); any strength is handled without overflow. Long sequences
+    run in segments of :data:`SEGMENT_SIZE` tokens (the state carried across), which keeps the
+    working set, and so the time per token, independent of ``N``.
     """
     _check_qkv(q, k, v)
+    if not isinstance(chunk_size, int) or chunk_size <= 0 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
     b, h, n, dk = q.shape
     dv = v.shape[-1]
     _check_state(initial_state, b, h, dk, dv, "initial_state")
     dtype = _compute_dtype(q.dtype)
     gate = _gate(log_gate, b, h, n, dk, dtype)
-    if chunk_size is None:
-        chunk_size = CHUNK_SIZE_PER_KEY if gate is not None and gate.shape[-1] > 1 else CHUNK_SIZE_SCALAR
-    if not isinstance(chunk_size, int) or chunk_size <= 0 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
-    chunk = min(chunk_size, 1 << max(n - 1, 0).bit_length())
-    n_pad = -n % chunk
-    qc = _pad_chunks(q.to(dtype), n_pad, chunk)
-    kc = _pad_chunks(k.to(dtype), n_pad, chunk)
-    vc = _pad_chunks(v.to(dtype), n_pad, chunk)
-    if gate is None:
-        scores = _intra_scalar(qc, kc, None)
-        q_in, k_out, decay = qc, kc, None
-    else:
-        cum = _pad_chunks(gate, n_pad, chunk).cumsum(dim=-2)  # log decay from the chunk start, <= 0
-        total = cum[..., -1:, :]
-        scores = _intra_scalar(qc, kc, cum) if gate.shape[-1] == 1 else _intra_per_key(qc, kc, cum)
-        q_in = qc * cum.exp()  # decay from the chunk start to token i
-        k_out = kc * (total - cum).exp()  # decay from token j to the chunk end
-        decay = total.transpose(-1, -2).exp()  # (B, h, N_c, d_k or 1, 1) over the whole chunk
-    local = k_out.transpose(-1, -2) @ vc  # (B, h, N_c, d_k, d_v): each chunk's own contribution
-    state = (
-        initial_state.to(dtype) if initial_state is not None else qc.new_zeros(b, h, dk, dv)
-    )
-    entering = []
-    for c in range(local.shape[2]):
-        entering.append(state)
-        state = local[:, :, c] + (state if decay is None else state * decay[:, :, c])
-    o = scores @ vc + q_in @ torch.stack(entering, dim=2)
-    o = (scale * o).reshape(b, h, n + n_pad, dv)[:, :, :n]
-    return o.to(q.dtype), state
+    out_dtype = q.dtype
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    state = initial_state.to(dtype) if initial_state is not None else q.new_zeros(b, h, dk, dv)
+    segment = max(SEGMENT_SIZE, chunk_size)
+    outs = []
+    for start in range(0, n, segment):
+        part = slice(start, start + segment)
+        qs, ks, vs = q[:, :, part], k[:, :, part], v[:, :, part]
+        gs = None if gate is None else gate[:, :, part]
+        o, state = _chunked_segment(qs, ks, vs, gs, state, scale, chunk_size)
+        outs.append(o)
+    o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return o.to(out_dtype), state
 
 
 def linear_attention(
@@ -258,7 +305,7 @@ def linear_attention(
     log_gate: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     scale: float = 1.0,
-    chunk_size: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal (gated) linear attention; same contract as :func:`linear_attention_recurrent`.
 
@@ -278,7 +325,7 @@ def linear_attention_bidirectional(
     log_gate: torch.Tensor | None = None,
     reverse_log_gate: torch.Tensor | None = None,
     scale: float = 1.0,
-    chunk_size: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Non-causal linear attention: every query reads every key, each key counted once.
 
