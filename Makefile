@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --quiet -e ".[dev]"
 	# Test oracle, source-only: built against the installed torch (an isolated build would pull CUDA torch).
 	$(PIP) install --quiet --no-build-isolation natten==0.21.7
+	# Test oracle: flash-linear-attention's naive references run on CPU beside triton (no deps: keeps torch).
+	$(PIP) install --quiet --no-deps fla-core==0.6.0 triton==3.8.0 einops
 	touch $@
 
 install: $(VENV)/.installed

@@ -79,12 +79,15 @@ def fixture_cases(name: str, root: Path | None = None) -> list[FixtureCase]:
 
 
 def run_case(case: FixtureCase) -> tuple[torch.Tensor, ...]:
-    """Load ``case`` through :func:`attnzoo.official.load` and run it (no grad)."""
+    """Load ``case`` through :func:`attnzoo.official.load` and run it (no grad).
+
+    Tensor inputs take precedence over a forward kwarg of the same name (some fixtures list a
+    tensor argument in both, the ``forward`` entry only describing it)."""
     from attnzoo import official
 
     run = official.load(case.mechanism, case.constructor, case.params, symbol=case.symbol)
     with torch.no_grad():
-        out = run(**case.inputs, **case.forward)
+        out = run(**{**case.forward, **case.inputs})
     if len(out) != len(case.outputs):
         raise ValueError(
             f"{case.mechanism}/{case.file}: got {len(out)} outputs, expected {len(case.outputs)}"
