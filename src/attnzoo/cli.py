@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 import attnzoo
 from attnzoo.analysis.cli import add_analyze_parser
 from attnzoo.registry import FAMILIES
@@ -71,6 +73,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.suite == "linear":
+        from attnzoo.bench.linear_suite import run_linear_suite, suite_markdown
+
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        result = run_linear_suite(
+            **({"naive_n": 1024, "reference_n": 1024, "scaling_ns": (1024, 4096)} if not args.full else {})
+        )
+        (out / "linear.json").write_text(json.dumps(result, indent=1))
+        text = suite_markdown(result)
+        (out / "linear.md").write_text(text)
+        print(text)
+        return 0
     if args.from_json:
         doc = json.loads(Path(args.from_json).read_text())
     else:
@@ -118,6 +133,13 @@ def _add_bench_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--threads", type=int, help="torch threads per worker (default: preset)")
     p.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per mechanism (default: preset)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--suite",
+        choices=["mechanisms", "linear"],
+        default="mechanisms",
+        help="mechanisms (default: every registered mechanism) or linear (chunked vs naive linear-attention "
+        "kernels and their scaling; --full for N up to 32K)",
+    )
     p.set_defaults(func=_cmd_bench)
 
 

@@ -173,3 +173,25 @@ def test_compare_runs_flags_regressions() -> None:
     assert regressions == 1
     assert any("REGRESSION" in line and "`a`" in line for line in lines)
     assert any("faster" in line and "`b`" in line for line in lines)
+
+
+def test_linear_suite_structure() -> None:
+    from attnzoo.bench.linear_suite import run_linear_suite, suite_markdown
+
+    res = run_linear_suite(heads=2, dim=8, naive_n=64, reference_n=64, scaling_ns=(64, 128), repeats=1)
+    assert [r["gate"] for r in res["naive_vs_chunked"]] == ["none", "per_head", "per_key"]
+    assert all(r["speedup"] > 0 for r in res["naive_vs_chunked"])
+    assert res["quadratic_vs_chunked"]["n"] == 64
+    assert all(len(r["chunked_ms"]) == 2 for r in res["scaling"])
+    assert "Lightning-style" in suite_markdown(res)
+
+
+def test_quadratic_decay_reference_matches_recurrence() -> None:
+    from attnzoo.bench.linear_suite import quadratic_decay_reference
+    from attnzoo.kernels.linear import linear_attention_recurrent
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    slopes = torch.tensor([0.5, 0.1], dtype=torch.float64)
+    want, _ = linear_attention_recurrent(q, k, v, log_gate=(-slopes)[None, :, None, None].expand(1, 2, 9, 1))
+    torch.testing.assert_close(quadratic_decay_reference(q, k, v, slopes), want)
