@@ -55,6 +55,21 @@ def _inputs(module: nn.Module, **kw: Any) -> Example:
     return example_inputs(module, generator=gen, **kw)
 
 
+def _batch_slice(value: Any, sl: slice) -> Any:
+    """Slice the batch of a tensor input, or of each tensor in a tuple/list input."""
+    if isinstance(value, torch.Tensor):
+        return value[sl]
+    if isinstance(value, (tuple, list)):
+        return type(value)(_batch_slice(v, sl) for v in value)
+    return value
+
+
+def _sliced(ex: Example, sl: slice) -> Example:
+    return Example(
+        tuple(_batch_slice(a, sl) for a in ex.args), {k: _batch_slice(v, sl) for k, v in ex.kwargs.items()}
+    )
+
+
 def _run(module: nn.Module, ex: Example) -> list[torch.Tensor]:
     return _outputs(module(*ex.args, **ex.kwargs))
 
@@ -111,11 +126,7 @@ def test_batch_independence(name: str) -> None:
     ex = _inputs(module, batch=3, dtype=torch.float64)
     full = _run(module, ex)
     for i in range(3):
-        one = Example(
-            tuple(a[i : i + 1] for a in ex.args),
-            {k: v[i : i + 1] if isinstance(v, torch.Tensor) else v for k, v in ex.kwargs.items()},
-        )
-        for a, b in zip(_run(module, one), full):
+        for a, b in zip(_run(module, _sliced(ex, slice(i, i + 1))), full):
             torch.testing.assert_close(a, b[i : i + 1], atol=1e-10, rtol=1e-8)
 
 
@@ -252,10 +263,8 @@ def test_bad_input_wrong_channels(name: str) -> None:
 def test_bad_input_empty_batch(name: str) -> None:
     card = _card(name)
     module = _build(card)
-    ex = _inputs(module)
-    args = tuple(a[:0] for a in ex.args)
-    kwargs = {k: v[:0] if isinstance(v, torch.Tensor) else v for k, v in ex.kwargs.items()}
-    _expect_error(lambda: module(*args, **kwargs), ValueError, "empty")
+    empty = _sliced(_inputs(module), slice(0, 0))
+    _expect_error(lambda: module(*empty.args, **empty.kwargs), ValueError, "empty")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -20,6 +20,8 @@ pooling            ``forward(x: (B, N, C), *, mask=None) -> PoolOutput(pooled (B
                    attention (B, ..., N))``; ``mask (B, N)`` is True for real instances.
 =================  =====================================================================
 
+Mechanism-specific keyword inputs (a region map, a query embedding, other pyramid levels) pass
+through ``forward`` to ``compute``, which validates them with errors naming the argument.
 Boolean masks everywhere in attnzoo mean True = may attend / is present.
 """
 
@@ -122,6 +124,7 @@ class CrossAttention(Mechanism):
         *,
         mask: torch.Tensor | None = None,
         size: tuple[int, ...] | None = None,
+        **extra: Any,
     ) -> torch.Tensor:
         check_tensor(x, "x", ndim=3)
         check_tensor(context, "context", ndim=3)
@@ -135,7 +138,7 @@ class CrossAttention(Mechanism):
         elif size is not None:
             size = check_size(size, context.shape[1], spatial_dims=1)
         with module_scope(self):
-            return self.compute(x, context, mask, size)
+            return self.compute(x, context, mask, size, **extra)
 
 
 class FeatureMapAttention(Mechanism):
@@ -143,11 +146,11 @@ class FeatureMapAttention(Mechanism):
 
     channels: int
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **extra: Any) -> torch.Tensor:
         check_tensor(x, "x", ndim=2 + self.spatial_dims)
         _check_channels(x, 1, self.channels, "x", "channels")
         with module_scope(self):
-            return self.compute(x)
+            return self.compute(x, **extra)
 
 
 class Gate(Mechanism):
@@ -157,7 +160,7 @@ class Gate(Mechanism):
     channels: int
     gate_channels: int
 
-    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, g: torch.Tensor, **extra: Any) -> torch.Tensor:
         rank = 2 + self.spatial_dims
         check_tensor(x, "x", ndim=rank)
         check_tensor(g, "g", ndim=rank)
@@ -166,7 +169,7 @@ class Gate(Mechanism):
         if g.shape[0] != x.shape[0]:
             raise ValueError(f"g batch {g.shape[0]} differs from x batch {x.shape[0]}")
         with module_scope(self):
-            return self.compute(x, g)
+            return self.compute(x, g, **extra)
 
 
 class PoolOutput(NamedTuple):
@@ -188,11 +191,11 @@ class Pooling(Mechanism):
 
     dim: int
 
-    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> PoolOutput:
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, **extra: Any) -> PoolOutput:
         check_tensor(x, "x", ndim=3)
         _check_channels(x, 2, self.dim, "x", "dim")
         mask = _check_mask(mask, x.shape[0], x.shape[1])
         if mask is not None and not bool(mask.any(dim=1).all()):
             raise ValueError("mask leaves a bag with no instance: every row needs at least one True")
         with module_scope(self):
-            return self.compute(x, mask)
+            return self.compute(x, mask, **extra)
