@@ -47,6 +47,7 @@ def example_inputs(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    context_size: tuple[int, ...] | None = None,
 ) -> Example:
     """Random inputs that satisfy ``module``'s family contract.
 
@@ -56,6 +57,8 @@ def example_inputs(
         size: spatial size; for sequences ``(N,)``; for gates the size of ``x``.
         dtype, device: of the floating inputs.
         generator: for reproducible draws.
+        context_size: for cross-attention, the size of ``context`` (``(M,)``, or ``(H, W)`` for a
+            mechanism with ``context_spatial_dims == 2``); default from ``card.conformance``.
     """
     card: Card = module.card
     size = default_size(card) if size is None else tuple(size)
@@ -72,13 +75,19 @@ def example_inputs(
         prefix = getattr(module, "num_prefix_tokens", 0)
         ex = Example((randn(batch, prefix + n, module.dim),), kwargs)
     elif family == "cross_attention":
-        m = int(card.conformance.get("context_len", 6))
         ctx_nd = getattr(module, "context_spatial_dims", 0)
-        ctx_size = tuple(card.conformance.get("context_size", (2, 3)))
-        if ctx_nd >= 2:
+        if context_size is not None:
+            ctx_size = tuple(context_size)
             m = 1
             for s in ctx_size:
                 m *= s
+        else:
+            m = int(card.conformance.get("context_len", 6))
+            ctx_size = tuple(card.conformance.get("context_size", (2, 3)))
+            if ctx_nd >= 2:
+                m = 1
+                for s in ctx_size:
+                    m *= s
         kwargs = {"size": ctx_size} if ctx_nd >= 2 else {}
         ex = Example((randn(batch, n, module.dim), randn(batch, m, module.context_dim)), kwargs)
     elif family == "feature_map":

@@ -77,7 +77,8 @@ class Card:
         tiny: constructor kwargs for a tiny instance (conformance suite, gradcheck).
         bench: constructor kwargs for the default benchmark configuration; reserved keys:
             ``sizes`` (the sizes to sweep instead of the preset's) and ``variants``
-            (``{label: overrides}``, each benchmarked as ``name[label]``, e.g. dense vs sparse).
+            (``{label: overrides}``, each benchmarked as ``name[label]``, e.g. dense vs sparse) and,
+            for cross-attention, ``queries`` (query tokens; the sweep grows the context).
         conformance: per-mechanism overrides for the conformance suite, e.g.
             ``{"sizes": [(4, 6)], "skip": {"compile": "reason"}}``; every skip carries its reason.
         aliases: other names :func:`create` accepts.

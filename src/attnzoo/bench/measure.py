@@ -38,7 +38,9 @@ __all__ = [
     "time_call",
 ]
 
-BENCH_RESERVED_KEYS = ("sizes", "variants")
+BENCH_RESERVED_KEYS = ("sizes", "variants", "queries")
+#: query tokens of a cross-attention benchmark (its sweep grows the context)
+DEFAULT_QUERIES = 64
 
 
 def bench_kwargs(name: str) -> dict[str, Any]:
@@ -153,9 +155,17 @@ def measure_size(
     probe: MemoryProbe,
 ) -> dict[str, Any]:
     """Measure ``module`` at spatial ``size``: FLOPs, latency and peak memory, forward
-    (under ``no_grad``) and, with ``backward``, forward+backward of the summed outputs."""
+    (under ``no_grad``) and, with ``backward``, forward+backward of the summed outputs.
+
+    For cross-attention ``size`` is the context's size and the queries are
+    ``card.bench["queries"]`` tokens (default :data:`DEFAULT_QUERIES`)."""
     gen = torch.Generator().manual_seed(0)
-    ex = example_inputs(module, batch=batch, size=size, generator=gen)
+    card = module.card
+    if card.family == "cross_attention":
+        queries = int(card.bench.get("queries", DEFAULT_QUERIES))
+        ex = example_inputs(module, batch=batch, size=(queries,), context_size=size, generator=gen)
+    else:
+        ex = example_inputs(module, batch=batch, size=size, generator=gen)
     n = 1
     for s in size:
         n *= s

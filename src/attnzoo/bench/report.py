@@ -128,7 +128,8 @@ def write_report(doc: dict[str, Any], out_dir: Path, plots: list[str]) -> Path:
         "peak resident-set growth during one call, measured in a fresh process per mechanism. FLOPs are "
         "counted by `torch.utils.flop_counter` (matmuls, convolutions, attention; elementwise work is not "
         "counted). *exp.* is the log-log slope of latency against the number of tokens N; *x-over* is the "
-        f"N from which a token mixer is faster than softmax attention (`{BASELINE}`) in this run.",
+        f"N from which a token mixer is faster than softmax attention (`{BASELINE}`) in this run. "
+        "Modules run in eval mode; for cross-attention the size is the context's (the queries are fixed).",
         "",
         "Plots: " + (", ".join(f"[{p}]({p})" for p in plots) if plots else "none"),
         "",

@@ -133,7 +133,9 @@ def _worker(
     try:
         if name not in attnzoo.list_mechanisms():
             register(card)(cls)  # a mechanism registered by user code after the fork server started
-        module = attnzoo.create(name, **kwargs)
+        module = attnzoo.create(
+            name, **kwargs
+        ).eval()  # inference semantics (BatchNorm statistics, no dropout)
         params = sum(p.numel() for p in module.parameters())
         conn.send({"kind": "params", "params": params, "pid": os.getpid()})
         warm = measure_size(

@@ -132,7 +132,14 @@ class PerceiverAttention(nn.Module):
             "attn_mask (officially NotImplementedError) is not offered.",
         ),
         tiny={"dim": 16, "context_dim": 12, "num_heads": 2, "widening_factor": 2, "context_tokens": 6},
-        bench={"dim": 256, "context_dim": 256, "num_heads": 1, "context_tokens": 49},
+        bench={
+            "dim": 256,
+            "context_dim": 256,
+            "num_heads": 1,
+            "context_tokens": 49,
+            "sizes": [(49,)],
+            "queries": 128,
+        },
         conformance={"context_len": 6},
     )
 )

@@ -138,6 +138,8 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
             "smoothing": "wnconv",
             "smoothing_size": 5,
             "position_dims": 2,
+            "sizes": [(16, 16), (32, 32), (64, 64)],
+            "queries": 7,
         },
         conformance={
             "unused_params": ("slots_mu", "slots_sigma"),
