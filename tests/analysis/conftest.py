@@ -4,49 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests import helpers
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 
 @pytest.fixture
 def tiny_llama() -> torch.nn.Module:
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=50,
-        max_position_embeddings=64,
-        initializer_range=0.5,  # peaked attention, so interventions change the output measurably
-        attn_implementation="eager",
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    # initializer_range 0.5: peaked attention, so interventions change the output measurably
+    return helpers.tiny_llama(num_hidden_layers=2, initializer_range=0.5)
 
 
 @pytest.fixture
 def tiny_vit() -> torch.nn.Module:
-    config = transformers.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=16,
-        patch_size=4,
-        attn_implementation="eager",
-    )
-    return transformers.ViTModel(config, add_pooling_layer=False).eval()
+    return helpers.tiny_vit(num_hidden_layers=2, image_size=16)
 
 
 @pytest.fixture
 def tiny_clip_vision() -> torch.nn.Module:
-    config = transformers.CLIPVisionConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=16,
-        patch_size=4,
-        attn_implementation="eager",
-    )
-    return transformers.CLIPVisionModel(config).eval()
+    return helpers.tiny_clip_vision(num_hidden_layers=2, image_size=16)

@@ -4,31 +4,14 @@ and the blocked paths never form an N x N tensor."""
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from tests.helpers import LargestStorage
 
 import attnzoo
 from attnzoo.kernels import attention_reference
 from attnzoo.kernels.windowed import band_mask, group_mask, grouped_attention, sliding_window_attention
-
-
-class _LargestStorage(TorchDispatchMode):
-    """Records the largest storage (in elements) of any tensor an op returns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
 
 
 def _qkv(n: int, b: int = 2, h: int = 3, d: int = 5, dv: int = 4, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -72,7 +55,7 @@ def test_sliding_window_gradients_match_dense() -> None:
 def test_sliding_window_never_materialises_n_by_n(causal: bool) -> None:
     n, w, block = 512, 8, 16
     q, k, v = _qkv(n, b=1, h=2, d=4, dv=4)
-    with _LargestStorage() as probe:
+    with LargestStorage() as probe:
         sliding_window_attention(q, k, v, left=w, right=0 if causal else w, block_size=block)
     span = (1 + 1 + (0 if causal else 1)) * block
     assert probe.largest < n * n  # the dense form needs h * N * N scores
@@ -101,7 +84,7 @@ def test_group_mask_definition() -> None:
 def test_grouped_never_materialises_n_by_n() -> None:
     n, g = 512, 16
     q, k, v = _qkv(n, b=1, h=2, d=4, dv=4)
-    with _LargestStorage() as probe:
+    with LargestStorage() as probe:
         grouped_attention(q, k, v, group_size=g, offset=g // 2, num_sink=4, causal=True)
     assert probe.largest < n * n
     assert probe.largest <= 2 * (n + g) * (g + 4)

@@ -268,12 +268,17 @@ def top_sinks(
     return positions, shares
 
 
+_PREPLAN_AND_ANCHOR = (
+    "Li et al., Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables "
+    "Fine-Grained Policy Optimization (2025)"
+)
+
+
 @_card(
     name="waad",
     summary="Windowed Average Attention Distance: backward attention distance clipped at a window W.",
     definition="WAAD_t = sum_s A_{t,s} * min(|t - s|, W)",
-    paper="Li et al., Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables "
-    "Fine-Grained Policy Optimization (2025)",
+    paper=_PREPLAN_AND_ANCHOR,
     arxiv="2510.13554",
     output="(B, h, N)",
     defaults={"window": 10},
@@ -304,8 +309,7 @@ def windowed_average_attention_distance(
     name="fai",
     summary="Future Attention Influence: mean attention a token receives from the tokens after it.",
     definition="FAI_s = (1 / |{t > s}|) * sum_{t > s, real} A_{t,s}",
-    paper="Li et al., Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables "
-    "Fine-Grained Policy Optimization (2025)",
+    paper=_PREPLAN_AND_ANCHOR,
     arxiv="2510.13554",
     output="(B, h, N)",
     defaults={"min_offset": 1},

@@ -26,24 +26,9 @@ import torch.nn.functional as F
 
 from attnzoo.checks import check_tensor
 from attnzoo.distributed._comm import agree, all_gather, dtype_code, group_info, replicated
-from attnzoo.kernels.linear import DEFAULT_CHUNK_SIZE, linear_attention
+from attnzoo.kernels.linear import DEFAULT_CHUNK_SIZE, broadcast_log_gate, linear_attention
 
 __all__ = ["sequence_parallel_linear_attention"]
-
-
-def _broadcast_gate(log_gate: torch.Tensor, b: int, h: int, n: int, dk: int) -> torch.Tensor:
-    """``log_gate`` as ``(B, h, n, 1)`` (scalar decay) or ``(B, h, n, d_k)`` (per-key gate)."""
-    check_tensor(log_gate, "log_gate", finite=False, nonempty=False)
-    width = log_gate.shape[-1] if log_gate.dim() else 1
-    if log_gate.dim() > 4 or width not in (1, dk):
-        raise ValueError(f"log_gate must broadcast to {(b, h, n, dk)}, got shape {tuple(log_gate.shape)}")
-    try:
-        return torch.broadcast_to(log_gate, (b, h, n, width))
-    except RuntimeError as err:
-        raise ValueError(
-            f"log_gate must broadcast to {(b, h, n, dk)} or {(b, h, n, 1)} (n = the local shard length), "
-            f"got shape {tuple(log_gate.shape)}"
-        ) from err
 
 
 def sequence_parallel_linear_attention(
@@ -105,7 +90,7 @@ def sequence_parallel_linear_attention(
         if k.dtype != q.dtype or v.dtype != q.dtype:
             raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
         if log_gate is not None:
-            gate = _broadcast_gate(log_gate, b, h, n, dk)
+            gate = broadcast_log_gate(log_gate, b, h, n, dk, note=" (n = the local shard length)")
         if initial_state is not None:
             check_tensor(initial_state, "initial_state", shape=(b, h, dk, dv), finite=False)
         width = 0 if gate is None else gate.shape[-1]

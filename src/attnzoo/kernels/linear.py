@@ -43,6 +43,7 @@ from attnzoo.checks import check_tensor
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "SEGMENT_SIZE",
+    "broadcast_log_gate",
     "linear_attention",
     "linear_attention_bidirectional",
     "linear_attention_chunked",
@@ -71,22 +72,33 @@ def _check_state(state: torch.Tensor | None, b: int, h: int, dk: int, dv: int, n
         check_tensor(state, name, ndim=4, finite=False, shape=(b, h, dk, dv))
 
 
-def _gate(
-    log_gate: torch.Tensor | None, b: int, h: int, n: int, dk: int, dtype: torch.dtype
-) -> torch.Tensor | None:
-    """``log_gate`` broadcast to ``(B, h, N, 1)`` (scalar decay) or ``(B, h, N, d_k)`` (per key)."""
-    if log_gate is None:
-        return None
+def broadcast_log_gate(
+    log_gate: torch.Tensor, b: int, h: int, n: int, dk: int, *, note: str = ""
+) -> torch.Tensor:
+    """Validate ``log_gate`` and broadcast it to ``(B, h, N, 1)`` (scalar decay) or ``(B, h, N, d_k)``.
+
+    A last dimension of 1 (or a 0-d gate) is a scalar decay per token and head, any other must be
+    ``d_k`` (a per-key gate). ``note`` is added to the error message (e.g. what ``N`` stands for).
+    The dtype is unchanged. Raises ``ValueError`` for a gate that does not broadcast.
+    """
     check_tensor(log_gate, "log_gate", finite=False, nonempty=False)
     if log_gate.dim() > 4:
         raise ValueError(f"log_gate must broadcast to {(b, h, n, dk)}, got shape {tuple(log_gate.shape)}")
     width = log_gate.shape[-1] if log_gate.dim() else 1
     try:
-        return torch.broadcast_to(log_gate, (b, h, n, 1 if width == 1 else dk)).to(dtype)
+        return torch.broadcast_to(log_gate, (b, h, n, 1 if width == 1 else dk))
     except RuntimeError as err:
         raise ValueError(
-            f"log_gate must broadcast to {(b, h, n, dk)} or {(b, h, n, 1)}, got shape {tuple(log_gate.shape)}"
+            f"log_gate must broadcast to {(b, h, n, dk)} or {(b, h, n, 1)}{note}, "
+            f"got shape {tuple(log_gate.shape)}"
         ) from err
+
+
+def _gate(
+    log_gate: torch.Tensor | None, b: int, h: int, n: int, dk: int, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """``log_gate`` broadcast to ``(B, h, N, 1)`` (scalar decay) or ``(B, h, N, d_k)`` (per key)."""
+    return None if log_gate is None else broadcast_log_gate(log_gate, b, h, n, dk).to(dtype)
 
 
 def linear_attention_recurrent(

@@ -64,16 +64,33 @@ def _per_axis(value: int | bool | Sequence[int] | Sequence[bool], nd: int, name:
     raise TypeError(f"{name} must be an int/bool or a sequence of {nd}, got {value!r}")
 
 
+def _window_args(
+    kernel_size: int | Sequence[int],
+    dilation: int | Sequence[int],
+    is_causal: bool | Sequence[bool],
+    nd: int,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[bool, ...]]:
+    """``kernel_size``, ``dilation`` and ``is_causal`` as one entry per spatial axis."""
+    ks = _per_axis(kernel_size, nd, "kernel_size")
+    dil = _per_axis(dilation, nd, "dilation")
+    causal = tuple(bool(c) for c in _per_axis(is_causal, nd, "is_causal"))
+    return ks, dil, causal
+
+
 def _check_args(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    nd: int,
     kernel_size: int | Sequence[int],
     dilation: int | Sequence[int],
     is_causal: bool | Sequence[bool],
     rpb: torch.Tensor | None,
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[bool, ...]]:
+    scale: float | None,
+) -> tuple[int, tuple[int, ...], tuple[int, ...], tuple[bool, ...], float]:
+    """Validate the arguments; returns ``(nd, kernel_size, dilation, is_causal, scale)`` per axis."""
+    if not isinstance(q, torch.Tensor) or not 4 <= q.dim() <= 6:
+        raise ValueError(f"q must be a tensor (B, h, *spatial, d) with 1-3 spatial axes, got {q!r:.80}")
+    nd = q.dim() - 3
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -84,9 +101,7 @@ def _check_args(
             f"q, k, v must agree on (B, h, *spatial) and q, k on d; got {tuple(q.shape)}, "
             f"{tuple(k.shape)}, {tuple(v.shape)}"
         )
-    ks = _per_axis(kernel_size, nd, "kernel_size")
-    dil = _per_axis(dilation, nd, "dilation")
-    causal = tuple(bool(c) for c in _per_axis(is_causal, nd, "is_causal"))
+    ks, dil, causal = _window_args(kernel_size, dilation, is_causal, nd)
     spatial = tuple(q.shape[2:-1])
     for axis, (length, kk, dd) in enumerate(zip(spatial, ks, dil, strict=True)):
         if isinstance(kk, bool) or kk < 1:
@@ -104,7 +119,8 @@ def _check_args(
         want = (q.shape[1], *(2 * kk - 1 for kk in ks))
         if tuple(rpb.shape) != want:
             raise ValueError(f"rpb must have shape (h, 2k-1, ...) = {want}, got {tuple(rpb.shape)}")
-    return ks, dil, causal
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return nd, ks, dil, causal, scale
 
 
 def _window(m: torch.Tensor, n: int, k: int, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,11 +280,7 @@ def neighborhood_attention(
     Returns:
         ``(B, h, *S, d_v)``.
     """
-    if not isinstance(q, torch.Tensor) or not 4 <= q.dim() <= 6:
-        raise ValueError(f"q must be a tensor (B, h, *spatial, d) with 1-3 spatial axes, got {q!r:.80}")
-    nd = q.dim() - 3
-    ks, dil, causal = _check_args(q, k, v, nd, kernel_size, dilation, is_causal, rpb)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    nd, ks, dil, causal, scale = _check_args(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
     if capturing():
         return neighborhood_attention_reference(
             q, k, v, ks, dil, causal, rpb, scale=scale, dropout_p=dropout_p, record_kind="neighborhood"
@@ -397,11 +409,7 @@ def neighborhood_attention_reference(
     tiled path. With ``record_kind`` it reports the ``(B, h, N, N)`` probabilities to
     :func:`attnzoo.capture.record` (the capture path of :func:`neighborhood_attention`).
     """
-    if not isinstance(q, torch.Tensor) or not 4 <= q.dim() <= 6:
-        raise ValueError(f"q must be a tensor (B, h, *spatial, d) with 1-3 spatial axes, got {q!r:.80}")
-    nd = q.dim() - 3
-    ks, dil, causal = _check_args(q, k, v, nd, kernel_size, dilation, is_causal, rpb)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    _, ks, dil, causal, scale = _check_args(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
     spatial = tuple(q.shape[2:-1])
     b, h, d = q.shape[0], q.shape[1], q.shape[-1]
     n_tok = math.prod(spatial)
@@ -441,10 +449,7 @@ def neighborhood_mask(
     For analysis and for dense/FlexAttention baselines; it is ``O(N^2)`` memory.
     """
     spatial = tuple(int(s) for s in size)
-    nd = len(spatial)
-    ks = _per_axis(kernel_size, nd, "kernel_size")
-    dil = _per_axis(dilation, nd, "dilation")
-    causal = tuple(bool(c) for c in _per_axis(is_causal, nd, "is_causal"))
+    ks, dil, causal = _window_args(kernel_size, dilation, is_causal, len(spatial))
     index, valid, _ = _flat_neighbourhoods(spatial, ks, dil, causal)
     n_tok = math.prod(spatial)
     rows = torch.arange(n_tok)[:, None].expand_as(index)

@@ -5,18 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import randomise
 
 import attnzoo
 from attnzoo.mechanisms.cross_attention.dynperceiver_cross_attention import (
     DynPerceiverCrossAttention,
     PerceiverAttention,
 )
-
-
-def _randomise(m: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.3)
 
 
 def _oracle(m: DynPerceiverCrossAttention, x: torch.Tensor, ctx: torch.Tensor, pad: torch.Tensor | None):
@@ -47,7 +42,7 @@ def test_matches_equation_oracle(residual: bool, tokens: int | None) -> None:
     m = DynPerceiverCrossAttention(
         12, 10, 2, qk_dim=8, v_dim=6, widening_factor=2, attention_residual=residual, context_tokens=tokens
     ).double()
-    _randomise(m)
+    randomise(m)
     x = torch.randn(2, 5, 12, dtype=torch.float64)
     ctx = torch.randn(2, 6, 10, dtype=torch.float64)
     pad = torch.zeros(2, 6, dtype=torch.bool)

@@ -5,15 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import randomise
 
 import attnzoo
 from attnzoo.mechanisms.cross_attention.slot_attention import SlotAttention, normalized_ark_kernel
-
-
-def _randomise(m: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.3)
 
 
 def _oracle(m: SlotAttention, slots: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
@@ -43,7 +38,7 @@ def _oracle(m: SlotAttention, slots: torch.Tensor, ctx: torch.Tensor) -> torch.T
 @pytest.mark.parametrize("heads", [1, 2])
 def test_matches_loop_oracle(heads: int) -> None:
     m = SlotAttention(8, 6, heads, num_iterations=2, mlp_hidden_dim=12, temperature=1.5).double()
-    _randomise(m)
+    randomise(m)
     slots, ctx = torch.randn(2, 3, 8, dtype=torch.float64), torch.randn(2, 5, 6, dtype=torch.float64)
     torch.testing.assert_close(m(slots, ctx), _oracle(m, slots, ctx))
 
@@ -51,7 +46,7 @@ def test_matches_loop_oracle(heads: int) -> None:
 def _slash(**kw: object) -> SlotAttention:
     args = {"num_iterations": 3, "smoothing": "wnconv", "smoothing_size": 3, "position_dims": 2, **kw}
     m = SlotAttention(16, 8, 2, **args).double()  # type: ignore[arg-type]
-    _randomise(m)
+    randomise(m)
     return m
 
 
@@ -92,7 +87,7 @@ def test_ark_kernel_and_official_iteration() -> None:
 
 def test_slot_permutation_equivariance_and_input_permutation_invariance() -> None:
     m = SlotAttention(8, 6, 2, num_iterations=3).double()
-    _randomise(m)
+    randomise(m)
     slots, ctx = torch.randn(2, 4, 8, dtype=torch.float64), torch.randn(2, 7, 6, dtype=torch.float64)
     perm_k, perm_n = torch.randperm(4), torch.randperm(7)
     base = m(slots, ctx)
@@ -104,7 +99,7 @@ def test_mask_removes_inputs() -> None:
     m = _slash()
     slots, ctx = torch.randn(1, 3, 16, dtype=torch.float64), torch.randn(1, 4, 8, dtype=torch.float64)
     m_plain = SlotAttention(16, 8, 2, num_iterations=2).double()
-    _randomise(m_plain)
+    randomise(m_plain)
     mask = torch.tensor([[True, False, True, True]])
     torch.testing.assert_close(m_plain(slots, ctx, mask=mask), m_plain(slots, ctx[:, mask[0]]))
     out = m.forward_details(slots, ctx, mask=mask, size=(2, 2))

@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import randomise_seeded
 
 import attnzoo
 from attnzoo.mechanisms.token_mixer.agent_attention import AgentAttention, AgentAttentionPVT
-
-
-def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
 def _resize(t: torch.Tensor, length: int) -> torch.Tensor:
@@ -75,7 +69,7 @@ def _oracle(m: AgentAttention, x: torch.Tensor, size: tuple[int, int]) -> torch.
 )
 def test_matches_equation_oracle_on_non_square_grids(kwargs: dict, size: tuple[int, int]) -> None:
     m = AgentAttention(16, 2, agent_num=9, **kwargs).double().eval()
-    _randomize(m)
+    randomise_seeded(m)
     x = torch.randn(2, m.num_prefix_tokens + size[0] * size[1], 16, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(m(x, size=size), _oracle(m, x, size), atol=1e-12, rtol=1e-10)
@@ -84,7 +78,7 @@ def test_matches_equation_oracle_on_non_square_grids(kwargs: dict, size: tuple[i
 def test_reference_grid_biases_are_not_resized() -> None:
     """At the stored grid the row/column biases enter unchanged (official checkpoints reproduce)."""
     m = AgentAttention(8, 2, agent_num=4, window=(3, 5), num_prefix_tokens=1).double()
-    _randomize(m)
+    randomise_seeded(m)
     bias = m._agent_bias((3, 5))
     grid = F.interpolate(m.an_bias, size=(3, 5), mode="bilinear", align_corners=False)
     want = (grid + m.ah_bias[..., None] + m.aw_bias[..., None, :]).flatten(2)
@@ -105,7 +99,7 @@ def test_attention_maps_are_linear_in_tokens() -> None:
 
 def test_prefix_tokens_get_no_dwc_term() -> None:
     m = AgentAttention(8, 2, agent_num=4, window=4, num_prefix_tokens=2).double().eval()
-    _randomize(m)
+    randomise_seeded(m)
     x = torch.randn(1, 2 + 12, 8, dtype=torch.float64)
     before = m(x, size=(3, 4))
     with torch.no_grad():
@@ -118,7 +112,7 @@ def test_prefix_tokens_get_no_dwc_term() -> None:
 def test_pvt_class_has_no_prefix_and_handles_non_divisible_grid() -> None:
     m = AgentAttentionPVT(8, 2, agent_num=4, window=8, sr_ratio=2).double().eval()
     assert m.num_prefix_tokens == 0 and not hasattr(m, "ac_bias")
-    _randomize(m)
+    randomise_seeded(m)
     x = torch.randn(2, 5 * 7, 8, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(m(x, size=(5, 7)), _oracle(m, x, (5, 7)), atol=1e-12, rtol=1e-10)

@@ -9,26 +9,12 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from tests.helpers import LargestStorage
 
 from attnzoo import official
 from attnzoo.kernels.linear import linear_attention
 from attnzoo.mechanisms.token_mixer.based import BasedAttention, TaylorFeatureMap, taylor_feature_size
 from attnzoo.mechanisms.token_mixer.sliding_window import SlidingWindowAttention
-
-
-class _LargestStorage(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
 
 
 def _full_taylor(x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +76,7 @@ def test_no_cumsum_tensor_nor_n_by_n() -> None:
     b, n, heads, fd, dv = 1, 1024, 2, 8, 16
     m = BasedAttention(heads * dv, heads, fd).eval()
     x = torch.randn(b, n, heads * dv)
-    with _LargestStorage() as probe, torch.no_grad():
+    with LargestStorage() as probe, torch.no_grad():
         m(x)
     cumsum = b * heads * n * taylor_feature_size(fd) * dv
     assert probe.largest < cumsum // 8

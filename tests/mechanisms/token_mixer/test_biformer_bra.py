@@ -4,15 +4,12 @@ holds less memory than a reimplementation of the official gather path, forward a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from tests.helpers import LargestStorage, peak_bytes
 
 import attnzoo
 from attnzoo.kernels import attention_reference
@@ -227,41 +224,6 @@ def _official_gather_path(m: BiLevelRoutingAttention, x: torch.Tensor) -> torch.
     return m.proj(out + lepe)
 
 
-def _peak_bytes(fn: Callable[[], Any]) -> int:
-    """Peak of live CPU bytes allocated while ``fn`` runs (profiler allocation events)."""
-    from torch._C._profiler import _EventType
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    allocs = []
-    while stack:
-        ev = stack.pop()
-        if ev.tag == _EventType.Allocation:
-            allocs.append((ev.start_time_ns, ev.extra_fields.alloc_size))
-        stack.extend(ev.children)
-    live = peak = 0
-    for _, nbytes in sorted(allocs):
-        live += nbytes
-        peak = max(peak, live)
-    return peak
-
-
-class _LargestStorage(TorchDispatchMode):
-    """Largest storage (elements) any op returns, forward and backward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
-
-
 # BiFormer-T stages at 224x224 (stage 1..3) and a 512x512 stage-1 crop with n_win 8 and 16.
 STAGES = [(56, 64, 2, 7, 1), (28, 128, 4, 7, 4), (14, 256, 8, 7, 16), (128, 64, 2, 8, 1), (128, 64, 2, 16, 1)]
 
@@ -281,11 +243,11 @@ def test_no_score_tensor_and_no_expanded_gather_gradient() -> None:
     r, t = n_win * n_win, (hw // n_win) ** 2
     scores = r * heads * t * topk * t
     kv_copies_r = r * hw * hw * 2 * dim
-    with _LargestStorage() as mode:
+    with LargestStorage() as mode:
         m(x.reshape(1, hw * hw, dim), size=(hw, hw)).sum().backward()
     assert mode.largest <= topk * hw * hw * 3 * dim
     assert mode.largest < scores and mode.largest < kv_copies_r
-    with _LargestStorage() as official:
+    with LargestStorage() as official:
         _official_gather_path(m, x).sum().backward()
     assert official.largest >= kv_copies_r  # the expand-ed gather's backward
 
@@ -296,7 +258,7 @@ def test_inference_gathers_in_chunks_bounded_by_kv() -> None:
     hw, dim = 32, 16
     m = BiLevelRoutingAttention(dim, 2, n_win=4, topk=12).double()
     x = torch.randn(1, hw * hw, dim, dtype=torch.float64)
-    with torch.no_grad(), _LargestStorage() as mode:
+    with torch.no_grad(), LargestStorage() as mode:
         chunked = m(x, size=(hw, hw))
     assert mode.largest <= 3 * dim * hw * hw < 12 * dim * hw * hw
     one_shot = m(x.requires_grad_(True), size=(hw, hw))
@@ -329,5 +291,5 @@ def test_peak_memory_not_above_official_gather_path(stage: tuple[int, int, int, 
     def official_bwd() -> None:
         _official_gather_path(m, xg).sum().backward()
 
-    assert _peak_bytes(ours_fwd) <= _peak_bytes(official_fwd)
-    assert _peak_bytes(ours_bwd) <= _peak_bytes(official_bwd)
+    assert peak_bytes(ours_fwd) <= peak_bytes(official_fwd)
+    assert peak_bytes(ours_bwd) <= peak_bytes(official_bwd)

@@ -6,16 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import randomise_seeded
 
 import attnzoo
 from attnzoo.mechanisms.token_mixer.dffreq_window_attention import DFFreqWindowAttention
-
-
-def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
 def _oracle(m: DFFreqWindowAttention, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -54,7 +48,7 @@ def _oracle(m: DFFreqWindowAttention, x: torch.Tensor, size: tuple[int, int]) ->
 )
 def test_matches_window_oracle(kwargs: dict, size: tuple[int, int]) -> None:
     m = DFFreqWindowAttention(**kwargs).double().eval()
-    _randomize(m)
+    randomise_seeded(m)
     with torch.no_grad():
         m.temperature[0] = -abs(m.temperature[0])  # the official temperature may be negative
     x = torch.randn(2, size[0] * size[1], m.dim, dtype=torch.float64)
@@ -74,7 +68,7 @@ def test_output_is_local_to_the_window_and_conv_halo() -> None:
     """Without padding, a pixel only reaches its own window and, through the 3x3 depthwise conv,
     the windows that touch it."""
     m = DFFreqWindowAttention(4, 1, window_size=4).double().eval()
-    _randomize(m)
+    randomise_seeded(m)
     size = (12, 12)
     x = torch.randn(1, 144, 4, dtype=torch.float64)
     base = m(x, size=size).reshape(1, 12, 12, 4)

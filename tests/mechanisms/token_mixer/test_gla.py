@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import assert_steps_match_forward
 
 from attnzoo import official
 from attnzoo.mechanisms.token_mixer.gla import (
@@ -44,11 +45,7 @@ def test_step_reproduces_forward() -> None:
     torch.manual_seed(1)
     m = GatedLinearAttention(8, 2).double().eval()
     x = torch.randn(2, 6, 8, dtype=torch.float64)
-    full = m(x)
-    state = None
-    for t in range(6):
-        y, state = m.step(x[:, t], state)
-        torch.testing.assert_close(y, full[:, t], atol=1e-12, rtol=1e-10)
+    state = assert_steps_match_forward(m, x)
     assert state.shape == (2, 2, 4, 8)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import assert_steps_match_forward
 
 from attnzoo.mechanisms.token_mixer.lightning_attention import (
     LightningAttention,
@@ -62,11 +63,7 @@ def test_step_reproduces_forward() -> None:
     torch.manual_seed(1)
     m = LightningAttention(8, 2).double().eval()
     x = torch.randn(2, 7, 8, dtype=torch.float64)
-    full = m(x)
-    state = None
-    for t in range(7):
-        y, state = m.step(x[:, t], state)
-        torch.testing.assert_close(y, full[:, t], atol=1e-12, rtol=1e-10)
+    state = assert_steps_match_forward(m, x)
     assert state.shape == (2, 2, 4, 4) and m.state_size() == 32
 
 

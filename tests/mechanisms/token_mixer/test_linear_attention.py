@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import assert_steps_match_forward
 
 import attnzoo
 from attnzoo.mechanisms.token_mixer.linear_attention import LinearAttention
@@ -44,11 +45,7 @@ def test_step_reproduces_forward() -> None:
     torch.manual_seed(2)
     module = attnzoo.create("linear_attention", dim=8, num_heads=2, causal=True).double().eval()
     x = torch.randn(2, 9, 8, dtype=torch.float64)
-    full = module(x)
-    state = None
-    for t in range(9):
-        y, state = module.step(x[:, t], state)
-        torch.testing.assert_close(y, full[:, t], atol=1e-12, rtol=1e-10)
+    state = assert_steps_match_forward(module, x)
     assert state.shape == (2, 2, 4, 5)
     assert module.state_size() == 2 * 4 * 5
 

@@ -6,17 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import randomise_seeded
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnzoo.mechanisms.token_mixer.moh_attention import MoHAttention
-
-
-def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
 def _oracle(m: MoHAttention, x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +60,7 @@ def _dim(cfg: dict) -> int:
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_dense_matches_equation_oracle(cfg: dict) -> None:
     m = MoHAttention(_dim(cfg), **cfg).double().eval()
-    _randomize(m)
+    randomise_seeded(m)
     x = torch.randn(2, 9, m.dim, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(m(x), _oracle(m, x), atol=1e-12, rtol=1e-10)
@@ -76,7 +70,7 @@ def test_dense_matches_equation_oracle(cfg: dict) -> None:
 def test_sparse_heads_equal_dense_in_float64(cfg: dict) -> None:
     torch.manual_seed(0)
     m = MoHAttention(_dim(cfg), **cfg).double().eval()
-    _randomize(m, seed=1)
+    randomise_seeded(m, seed=1)
     x = torch.randn(3, 11, m.dim, dtype=torch.float64, requires_grad=True)
     wrt = [x, *m.parameters()]
     dense = m(x)
@@ -91,7 +85,7 @@ def test_sparse_heads_equal_dense_in_float64(cfg: dict) -> None:
 
 def test_sparse_heads_are_causal() -> None:
     m = MoHAttention(12, 4, shared_head=1, routed_head=2, causal=True, sparse_heads=True).double().eval()
-    _randomize(m)
+    randomise_seeded(m)
     x = torch.randn(1, 10, 12, dtype=torch.float64)
     base = m(x)
     x2 = x.clone()
@@ -103,7 +97,7 @@ def _balanced_moh(shared: int, routed: int, heads: int, dim: int) -> MoHAttentio
     """Router that sends token class c to routed heads {c, c+1, ..., c+k-1} (mod E): every routed
     head is chosen by exactly N k / E tokens when N is a multiple of E."""
     m = MoHAttention(dim, heads, shared_head=shared, routed_head=routed).double().eval()
-    _randomize(m)
+    randomise_seeded(m)
     e = heads - shared
     with torch.no_grad():
         m.router.weight.zero_()
@@ -147,7 +141,7 @@ def test_attention_flops_fall_with_activated_head_ratio() -> None:
 
 def test_aux_loss_formula_and_gradient() -> None:
     m = MoHAttention(12, 6, shared_head=2, routed_head=2).double().train()
-    _randomize(m)
+    randomise_seeded(m)
     x = torch.randn(2, 7, 12, dtype=torch.float64)
     m(x)
     probs = (x.reshape(-1, 12) @ m.router.weight.T).softmax(-1)

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import randomise
 
 from attnzoo.mechanisms.token_mixer.ninformer_gating import NiNformerBlock, NiNformerGating
-
-
-def _randomise(m: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.3)
 
 
 def _lin(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
@@ -30,14 +25,14 @@ def _oracle(m: NiNformerGating, x: torch.Tensor) -> torch.Tensor:
 
 def test_matches_equation_oracle() -> None:
     m = NiNformerGating(8, 6, 10, 12).double()
-    _randomise(m)
+    randomise(m)
     x = torch.randn(3, 6, 8, dtype=torch.float64)
     torch.testing.assert_close(m(x), _oracle(m, x))
 
 
 def test_gate_mixes_tokens_and_projection_is_per_token() -> None:
     m = NiNformerGating(4, 5).double()
-    _randomise(m)
+    randomise(m)
     x = torch.randn(1, 5, 4, dtype=torch.float64)
     x2 = x.clone()
     x2[:, 4] += torch.randn(4, dtype=torch.float64)
@@ -49,7 +44,7 @@ def test_gate_mixes_tokens_and_projection_is_per_token() -> None:
 
 def test_block_is_two_prenorm_residuals_with_shared_norm() -> None:
     blk = NiNformerBlock(6, 10, 5).double()
-    _randomise(blk)
+    randomise(blk)
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     y = x + blk.gating(blk.norm(x))
     torch.testing.assert_close(blk(x), y + blk.ffn(blk.norm(y)))

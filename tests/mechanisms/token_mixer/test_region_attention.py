@@ -7,14 +7,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from tests.helpers import LargestStorage, peak_bytes
 
 import attnzoo
 from attnzoo.kernels import attention_reference, merge_heads, split_heads
@@ -80,21 +76,6 @@ def test_default_scale_is_official_num_heads() -> None:
     assert RegionAttention(64, 4, scale=0.125).scale == 0.125
 
 
-class _LargestStorage(TorchDispatchMode):
-    """Largest storage (elements) any op returns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
-
-
 def test_unbalanced_regions_are_not_padded_to_the_largest() -> None:
     """One region of 1024 tokens and 512 regions of 2: padding all to 1024 would need 513*1024
     tokens per tensor; bucketing keeps every tensor O(N)."""
@@ -104,7 +85,7 @@ def test_unbalanced_regions_are_not_padded_to_the_largest() -> None:
     )
     seg = seg[torch.randperm(n)].unsqueeze(0)
     q, k, v = (torch.randn(1, h, n, d) for _ in range(3))
-    with _LargestStorage() as mode:
+    with LargestStorage() as mode:
         segment_attention(q, k, v, seg)
     assert mode.largest <= 2 * n * h * d
 
@@ -114,30 +95,10 @@ def test_no_quadratic_tensor_forward_backward() -> None:
     hw = 32
     x = torch.randn(1, hw * hw, 16, requires_grad=True)
     region_map = torch.randint(0, 6, (1, hw, hw))
-    with _LargestStorage() as mode:
+    with LargestStorage() as mode:
         m(x, size=(hw, hw), region_map=region_map).sum().backward()
     assert mode.largest < (hw * hw) ** 2 // 4
     assert mode.largest <= 3 * 16 * hw * hw
-
-
-def _peak_bytes(fn: Callable[[], Any]) -> int:
-    """Peak of live CPU bytes allocated while ``fn`` runs (profiler allocation events)."""
-    from torch._C._profiler import _EventType
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    allocs = []
-    while stack:
-        ev = stack.pop()
-        if ev.tag == _EventType.Allocation:
-            allocs.append((ev.start_time_ns, ev.extra_fields.alloc_size))
-        stack.extend(ev.children)
-    live = peak = 0
-    for _, nbytes in sorted(allocs):
-        live += nbytes
-        peak = max(peak, live)
-    return peak
 
 
 @pytest.mark.slow
@@ -155,10 +116,10 @@ def test_128x128_64_regions_forward_under_1gib_without_hw_squared() -> None:
         with torch.no_grad():
             m(x, size=(hw, hw), region_map=region_map)
 
-    with _LargestStorage() as mode:
+    with LargestStorage() as mode:
         run()
     assert mode.largest < (hw * hw) ** 2 // 16
-    assert _peak_bytes(run) < 2**30
+    assert peak_bytes(run) < 2**30
 
 
 _RSS_SCRIPT = """

@@ -3,29 +3,13 @@ LongLoRA's cyclic variant against an explicit roll/group/roll-back oracle, reach
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from tests.helpers import LargestStorage
 
 from attnzoo.kernels import attention_reference, merge_heads, split_heads
 from attnzoo.kernels.windowed import group_mask
 from attnzoo.mechanisms.token_mixer.s2_attention import ShiftedSparseAttention
-
-
-class _LargestStorage(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
 
 
 def _qkv(m: ShiftedSparseAttention, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -99,7 +83,7 @@ def test_reach_is_union_of_the_two_head_patterns() -> None:
 def test_long_sequence_has_no_n_by_n_tensor() -> None:
     n = 1024
     m = ShiftedSparseAttention(16, 2, 32, num_sink=4).eval()
-    with _LargestStorage() as probe, torch.no_grad():
+    with LargestStorage() as probe, torch.no_grad():
         m(torch.randn(1, n, 16))
     assert probe.largest < n * n // 4
 

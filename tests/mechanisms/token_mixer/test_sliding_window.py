@@ -3,31 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from tests.helpers import LargestStorage
 
 import attnzoo
 from attnzoo.kernels import attention_reference, merge_heads, split_heads
 from attnzoo.kernels.windowed import band_mask
 from attnzoo.mechanisms.token_mixer.mhsa import MultiHeadSelfAttention
 from attnzoo.mechanisms.token_mixer.sliding_window import SlidingWindowAttention
-
-
-class _LargestStorage(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
-        return out
 
 
 def _reference(m: SlidingWindowAttention, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +64,7 @@ def test_long_sequence_has_no_n_by_n_tensor() -> None:
     n = 1024
     m = SlidingWindowAttention(16, 2, window=16, causal=True).eval()
     x = torch.randn(1, n, 16)
-    with _LargestStorage() as probe, torch.no_grad():
+    with LargestStorage() as probe, torch.no_grad():
         m(x)
     assert probe.largest < n * n // 4
 

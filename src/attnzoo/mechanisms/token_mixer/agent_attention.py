@@ -82,6 +82,20 @@ def _resize_last(bias: torch.Tensor, length: int) -> torch.Tensor:
     return F.interpolate(bias, size=length, mode="linear", align_corners=False)
 
 
+def _grid_bias(
+    grid: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Position bias on an ``(H, W)`` grid, flattened: ``(h, n, H*W)``.
+
+    The 7x7 ``grid (h, n, 7, 7)`` is resized bilinearly and the per-row ``rows (h, n, H_r)`` and
+    per-column ``cols (h, n, W_r)`` biases linearly (all align_corners=False) to ``size``.
+    """
+    grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+    rows = _resize_last(rows, size[0])
+    cols = _resize_last(cols, size[1])
+    return (grid + rows[..., :, None] + cols[..., None, :]).flatten(2)
+
+
 @register(
     Card(
         name="agent_attention",
@@ -195,22 +209,15 @@ class AgentAttention(TokenMixer):
 
     def _agent_bias(self, kv_size: tuple[int, int]) -> torch.Tensor:
         """Bias of agents attending to keys: ``(h, n, P + H_k*W_k)``."""
-        kh, kw = kv_size
-        grid = F.interpolate(self.an_bias, size=kv_size, mode="bilinear", align_corners=False)
-        rows = _resize_last(self.ah_bias, kh)
-        cols = _resize_last(self.aw_bias, kw)
-        grid = (grid + rows[..., :, None] + cols[..., None, :]).flatten(2)
+        grid = _grid_bias(self.an_bias, self.ah_bias, self.aw_bias, kv_size)
         if self.num_prefix_tokens:
             grid = torch.cat([self.ac_bias, grid], dim=-1)
         return grid
 
     def _query_bias(self, size: tuple[int, int]) -> torch.Tensor:
         """Bias of queries attending to agents: ``(h, P + H*W, n)``."""
-        h, w = size
-        grid = F.interpolate(self.na_bias, size=size, mode="bilinear", align_corners=False)
-        rows = _resize_last(self.ha_bias.transpose(1, 2), h)
-        cols = _resize_last(self.wa_bias.transpose(1, 2), w)
-        grid = (grid + rows[..., :, None] + cols[..., None, :]).flatten(2).transpose(1, 2)
+        grid = _grid_bias(self.na_bias, self.ha_bias.transpose(1, 2), self.wa_bias.transpose(1, 2), size)
+        grid = grid.transpose(1, 2)
         if self.num_prefix_tokens:
             grid = torch.cat([self.ca_bias, grid], dim=-2)
         return grid

@@ -50,6 +50,22 @@ def gla_widths(dim: int, num_heads: int, expand_k: float, expand_v: float) -> tu
     return key_dim, value_dim
 
 
+def check_gate_args(gate_logit_normalizer: float, clamp_min: float | None) -> None:
+    """Validate the GLA gate settings: ``gate_logit_normalizer > 0``, ``clamp_min <= 0`` or ``None``."""
+    if not (isinstance(gate_logit_normalizer, (int, float)) and gate_logit_normalizer > 0):
+        raise ValueError(f"gate_logit_normalizer must be positive, got {gate_logit_normalizer!r}")
+    if clamp_min is not None and not (isinstance(clamp_min, (int, float)) and clamp_min <= 0):
+        raise ValueError(f"clamp_min must be a number <= 0 or None, got {clamp_min!r}")
+
+
+def gla_log_gate(logits: torch.Tensor, gate_logit_normalizer: float, clamp_min: float | None) -> torch.Tensor:
+    """GLA log gates ``logsigmoid(logits) / gate_logit_normalizer``, clamped below at ``clamp_min``."""
+    log_gate = F.logsigmoid(logits) / gate_logit_normalizer
+    if clamp_min is not None:
+        log_gate = log_gate.clamp_min(clamp_min)
+    return log_gate
+
+
 def gated_linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -175,10 +191,7 @@ class GatedLinearAttention(TokenMixer):
         if not causal:
             raise ValueError("causal must be True: GLA is causal (the bidirectional mixer is 'vig')")
         self.key_dim, self.value_dim = gla_widths(dim, num_heads, expand_k, expand_v)
-        if not (isinstance(gate_logit_normalizer, (int, float)) and gate_logit_normalizer > 0):
-            raise ValueError(f"gate_logit_normalizer must be positive, got {gate_logit_normalizer!r}")
-        if clamp_min is not None and not (isinstance(clamp_min, (int, float)) and clamp_min <= 0):
-            raise ValueError(f"clamp_min must be a number <= 0 or None, got {clamp_min!r}")
+        check_gate_args(gate_logit_normalizer, clamp_min)
         self.dim = dim
         self.num_heads = num_heads
         self.causal = True
@@ -200,9 +213,7 @@ class GatedLinearAttention(TokenMixer):
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.num_heads
-        log_gate = F.logsigmoid(self.gk_proj(x)) / self.gate_logit_normalizer
-        if self.clamp_min is not None:
-            log_gate = log_gate.clamp_min(self.clamp_min)
+        log_gate = gla_log_gate(self.gk_proj(x), self.gate_logit_normalizer, self.clamp_min)
         return tuple(split_heads(t, h) for t in (self.q_proj(x), self.k_proj(x), self.v_proj(x), log_gate))
 
     def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:

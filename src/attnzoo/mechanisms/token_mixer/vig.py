@@ -19,13 +19,12 @@ directions as in ViG.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.kernels.linear import linear_attention_bidirectional
-from attnzoo.mechanisms.token_mixer.gla import gla_widths
+from attnzoo.mechanisms.token_mixer.gla import check_gate_args, gla_log_gate, gla_widths
 from attnzoo.registry import Card, register
 
 __all__ = ["ViGAttention"]
@@ -101,10 +100,7 @@ class ViGAttention(TokenMixer):
     ) -> None:
         super().__init__()
         self.key_dim, _ = gla_widths(dim, num_heads, expand_k, 1.0)
-        if not (isinstance(gate_logit_normalizer, (int, float)) and gate_logit_normalizer > 0):
-            raise ValueError(f"gate_logit_normalizer must be positive, got {gate_logit_normalizer!r}")
-        if clamp_min is not None and not (isinstance(clamp_min, (int, float)) and clamp_min <= 0):
-            raise ValueError(f"clamp_min must be a number <= 0 or None, got {clamp_min!r}")
+        check_gate_args(gate_logit_normalizer, clamp_min)
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -131,9 +127,7 @@ class ViGAttention(TokenMixer):
         z = self.in_proj(x.transpose(1, 2).reshape(b, c, *size)).flatten(2).transpose(1, 2)  # (B, N, C)
         qkv = self.qkv_proj(z).split([self.key_dim, self.key_dim, c], dim=-1)
         q, k, v = (split_heads(t, h) for t in qkv)
-        log_gates = F.logsigmoid(self.gk_proj(z)) / self.gate_logit_normalizer
-        if self.clamp_min is not None:
-            log_gates = log_gates.clamp_min(self.clamp_min)
+        log_gates = gla_log_gate(self.gk_proj(z), self.gate_logit_normalizer, self.clamp_min)
         fwd_gate, bwd_gate = (split_heads(t, h) for t in log_gates.chunk(2, dim=-1))
         scale = q.shape[-1] ** -0.5
         o = linear_attention_bidirectional(q, k, v, log_gate=fwd_gate, reverse_log_gate=bwd_gate, scale=scale)
