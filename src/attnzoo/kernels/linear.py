@@ -224,7 +224,7 @@ def _chunk_factors(
         ref = total / 2
         rel = cum - ref  # b_i - r in [-limit, limit]; two exps (not 1 / exp) keep backward in range too
         q_rel, k_rel = qc * rel.exp(), kc * (-rel).exp()
-        scores = torch.tril(q_rel @ k_rel.transpose(-1, -2))  # also drops the overflowing j > i entries
+        scores = (q_rel @ k_rel.transpose(-1, -2)).tril_()  # also drops the overflowing j > i entries
         return scores, q_rel * ref.exp(), k_rel * (total - ref).exp()
     if per_key:
         scores = _intra_per_key(qc, kc, cum)
@@ -251,19 +251,20 @@ def _chunked_segment(
     n_pad = -n % chunk
     qc, kc, vc = (_pad_chunks(t, n_pad, chunk) for t in (q, k, v))
     if gate is None:
-        scores = torch.tril(qc @ kc.transpose(-1, -2))
+        scores = (qc @ kc.transpose(-1, -2)).tril_()
         q_in, k_out, decay = qc, kc, None
     else:
         cum = _pad_chunks(gate, n_pad, chunk).cumsum(dim=-2)  # log decay from the chunk start, <= 0
         scores, q_in, k_out = _chunk_factors(qc, kc, cum, per_key=gate.shape[-1] > 1)
         decay = cum[..., -1:, :].transpose(-1, -2).exp().contiguous()  # (B, h, N_c, d_k or 1, 1)
     local = k_out.transpose(-1, -2) @ vc  # (B, h, N_c, d_k, d_v): each chunk's own contribution
-    entering = []
+    entering = torch.empty_like(local)  # state entering each chunk
     for c in range(local.shape[2]):
-        entering.append(state)
-        carried = state if decay is None else state * decay[:, :, c]
-        state = local[:, :, c] + carried
-    inter = q_in @ torch.stack(entering, dim=2)
+        entering[:, :, c] = state
+        state = (
+            local[:, :, c] + state if decay is None else torch.addcmul(local[:, :, c], state, decay[:, :, c])
+        )
+    inter = q_in @ entering
     o = torch.baddbmm(inter.flatten(0, 2), scores.flatten(0, 2), vc.flatten(0, 2), beta=scale, alpha=scale)
     return o.reshape(b, h, n + n_pad, dv)[:, :, :n], state
 
