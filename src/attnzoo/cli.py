@@ -1,4 +1,4 @@
-"""The ``attnzoo`` command line: list, info, bench, report, readme (and eval/analyze when present)."""
+"""The ``attnzoo`` command line: list, info, bench, report, eval, analyze, readme."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 import attnzoo
 from attnzoo.analysis.cli import add_analyze_parser
 from attnzoo.registry import FAMILIES
+from attnzoo.tasks.cli import add_eval_parser
 
 __all__ = ["main"]
 
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_bench_args(sub.add_parser("report", help="the comparison report (the main job)"), "reports")
     add_analyze_parser(sub)
+    add_eval_parser(sub)
     p = sub.add_parser("readme", help="regenerate the README mechanism table")
     p.add_argument("--path", default="README.md")
     p.add_argument("--check", action="store_true", help="exit 1 if the table is out of date")

@@ -1,0 +1,408 @@
+"""The evaluation tasks, their presets and fixed training budgets.
+
+Every task is generated (or read from data shipped inside a package), seeded, and needs no
+download. A preset fixes the data, the backbone size and the training budget, so every
+mechanism evaluated on a preset gets the same data, the same number of steps, the same batch
+size and the same learning rate.
+
+=====================  =========  ======================================  =================
+task                   kind       what is scored                           backbone
+=====================  =========  ======================================  =================
+mqar                   sequence   each queried key's value (Zoology)       CausalLM
+associative_recall     sequence   the value of the final query (H3)        CausalLM
+induction_heads        sequence   the token after the trigger (H3)         CausalLM
+selective_copying      sequence   the data tokens at the markers (Mamba)   CausalLM
+listops                sequence   the value of the expression (LRA)        CausalLM
+digits                 image      the digit class (sklearn 8x8 digits)     ViTTiny / SmallCNN
+mil_digits             mil        whether a bag holds a 9 (Ilse et al.)    MILClassifier
+=====================  =========  ======================================  =================
+
+MQAR presets (the CPU-sized range of the issue: vocabulary 256-8192, length 64-256, 4-16 pairs)
+follow Zoology's setting: width 64, 2 blocks, no MLP, and a short causal convolution (kernel 3)
+in front of every mixer, as in Zoology's Based/hybrid models; the backbone is the same for every
+mechanism, so the comparison isolates the mixer. ``cpu`` (vocabulary 256, 16 pairs in 64 tokens)
+is the headline preset; ``cpu-easy`` has 8 pairs, ``cpu-128`` and ``cpu-large`` longer sequences
+(with the same learning rate, softmax attention may need more steps than the budget there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from attnzoo.tasks.data import TaskData
+from attnzoo.tasks.digits import digit_bags, digits_split
+from attnzoo.tasks.listops import LISTOPS_VOCAB, listops
+from attnzoo.tasks.recall import associative_recall, induction_heads, multiquery_ar, selective_copying
+
+__all__ = ["TASKS", "Budget", "Preset", "TaskSpec", "get_task", "list_tasks"]
+
+_TEST_SEED_OFFSET = 1_000_003
+"""Test data is drawn with ``seed + offset`` so train and test sets are independent draws."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A fixed training budget, the same for every mechanism on a preset.
+
+    Attributes:
+        steps: optimiser steps (the maximum; training may stop early at ``target``).
+        batch_size: examples per step.
+        lr: peak AdamW learning rate (linear warm-up, cosine decay to 0 over ``steps``).
+        weight_decay: AdamW weight decay.
+        warmup: warm-up steps.
+        eval_every: evaluate on the test set every this many steps (and at the end).
+        target: stop once the test metric reaches it (``None``: never stop early).
+    """
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.1
+    warmup: int = 50
+    eval_every: int = 100
+    target: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise ValueError("warmup and weight_decay must be >= 0")
+        if self.target is not None and not 0 < self.target <= 1:
+            raise ValueError(f"target must be in (0, 1], got {self.target}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Data size, backbone size and budget of one task configuration.
+
+    Attributes:
+        data: generator arguments (sizes of the task itself).
+        num_train / num_test: examples (or bags) per split.
+        model: backbone arguments (``width``, ``depth``, ``mlp_ratio``, ...).
+        budget: the training budget.
+    """
+
+    data: dict[str, Any]
+    num_train: int
+    num_test: int
+    model: dict[str, Any]
+    budget: Budget
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: how to generate it and its presets (``tiny`` is the one the tests use)."""
+
+    name: str
+    kind: str
+    summary: str
+    families: tuple[str, ...]
+    make: Callable[[Preset, int], TaskData]
+    presets: dict[str, Preset] = field(default_factory=dict)
+    default_preset: str = "cpu"
+
+    def generate(self, preset: str | None = None, *, seed: int = 0) -> TaskData:
+        """Generate the data of ``preset`` (default: :attr:`default_preset`) with ``seed``."""
+        return self.make(self.preset(preset), seed)
+
+    def preset(self, name: str | None = None) -> Preset:
+        """The preset called ``name``; raises ``ValueError`` listing the presets otherwise."""
+        key = self.default_preset if name is None else name
+        if key not in self.presets:
+            raise ValueError(f"task {self.name!r} has no preset {key!r}; presets: {', '.join(self.presets)}")
+        return self.presets[key]
+
+
+def _make_recall(name: str, fn: Callable[..., Any], train_kwargs: dict[str, Any] | None = None):
+    def make(preset: Preset, seed: int) -> TaskData:
+        extra = train_kwargs or {}
+        tr_tok, tr_tgt = fn(preset.num_train, **preset.data, **extra, seed=seed)
+        te_tok, te_tgt = fn(preset.num_test, **preset.data, seed=seed + _TEST_SEED_OFFSET)
+        vocab = preset.data["vocab_size"]
+        return TaskData(
+            name,
+            "sequence",
+            {"tokens": tr_tok, "targets": tr_tgt},
+            {"tokens": te_tok, "targets": te_tgt},
+            meta={"vocab_size": vocab, "seq_len": tr_tok.shape[1], "chance": _chance(name, preset.data)},
+            config={**preset.data, **extra, "num_train": preset.num_train, "num_test": preset.num_test},
+        )
+
+    return make
+
+
+def _chance(name: str, data: dict[str, Any]) -> float:
+    v = data["vocab_size"]
+    if name == "mqar":
+        return 1.0 / (v - v // 2)
+    if name == "associative_recall":
+        return 1.0 / (v - 2 - (v - 2) // 2)
+    if name == "induction_heads":
+        return 1.0 / (v - 1)
+    return 1.0 / (v - 2)
+
+
+def _make_listops(preset: Preset, seed: int) -> TaskData:
+    tr_tok, tr_tgt = listops(preset.num_train, **preset.data, seed=seed)
+    te_tok, te_tgt = listops(preset.num_test, **preset.data, seed=seed + _TEST_SEED_OFFSET)
+    return TaskData(
+        "listops",
+        "sequence",
+        {"tokens": tr_tok, "targets": tr_tgt},
+        {"tokens": te_tok, "targets": te_tgt},
+        meta={"vocab_size": len(LISTOPS_VOCAB), "seq_len": tr_tok.shape[1], "chance": 0.1},
+        config={**preset.data, "num_train": preset.num_train, "num_test": preset.num_test},
+    )
+
+
+def _make_digits(preset: Preset, seed: int) -> TaskData:
+    x_tr, x_te, y_tr, y_te = digits_split()
+    if preset.num_train < x_tr.shape[0]:
+        x_tr, y_tr = x_tr[: preset.num_train], y_tr[: preset.num_train]
+    if preset.num_test < x_te.shape[0]:
+        x_te, y_te = x_te[: preset.num_test], y_te[: preset.num_test]
+    return TaskData(
+        "digits",
+        "image",
+        {"images": x_tr, "labels": y_tr},
+        {"images": x_te, "labels": y_te},
+        meta={"image_shape": tuple(x_tr.shape[1:]), "num_classes": 10, "seq_len": 16, "chance": 0.1},
+        config={
+            "source": "sklearn.datasets.load_digits",
+            "split": "stratified 25% test per class, RandomState(0)",
+            "num_train": int(x_tr.shape[0]),
+            "num_test": int(x_te.shape[0]),
+        },
+    )
+
+
+def _make_mil(preset: Preset, seed: int) -> TaskData:
+    x_tr, x_te, y_tr, y_te = digits_split()
+    tr = digit_bags(x_tr, y_tr, preset.num_train, **preset.data, seed=seed)
+    te = digit_bags(x_te, y_te, preset.num_test, **preset.data, seed=seed + _TEST_SEED_OFFSET)
+    return TaskData(
+        "mil_digits",
+        "mil",
+        {"bags": tr[0], "mask": tr[1], "labels": tr[2]},
+        {"bags": te[0], "mask": te[1], "labels": te[2]},
+        meta={
+            "image_shape": tuple(x_tr.shape[1:]),
+            "seq_len": int(preset.data.get("mean_bag_size", 10)),
+            "chance": float(max(te[2].float().mean(), 1 - te[2].float().mean())),
+        },
+        config={**preset.data, "num_train": preset.num_train, "num_test": preset.num_test},
+    )
+
+
+_LM_TINY = {"width": 32, "depth": 2, "mlp_ratio": 0.0}
+_LM = {"width": 64, "depth": 2, "mlp_ratio": 0.0}
+_LM_CONV = {**_LM, "short_conv": 3}
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            "mqar",
+            "sequence",
+            "Zoology multi-query associative recall; accuracy over the query positions",
+            ("token_mixer",),
+            _make_recall("mqar", multiquery_ar),
+            {
+                "tiny": Preset(
+                    {"vocab_size": 32, "seq_len": 16, "num_kv_pairs": 2},
+                    4000,
+                    200,
+                    _LM_TINY,
+                    Budget(steps=200, batch_size=32, lr=1e-2, warmup=20, eval_every=25, target=0.99),
+                ),
+                "cpu": Preset(
+                    {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 16},
+                    20_000,
+                    1000,
+                    _LM_CONV,
+                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
+                ),
+                "cpu-128": Preset(
+                    {"vocab_size": 256, "seq_len": 128, "num_kv_pairs": 16},
+                    20_000,
+                    1000,
+                    _LM_CONV,
+                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
+                ),
+                "cpu-easy": Preset(
+                    {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 8},
+                    20_000,
+                    1000,
+                    _LM_CONV,
+                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
+                ),
+                "cpu-large": Preset(
+                    {"vocab_size": 8192, "seq_len": 256, "num_kv_pairs": 16},
+                    20_000,
+                    1000,
+                    _LM_CONV,
+                    Budget(steps=6000, batch_size=64, lr=1e-3, eval_every=300, target=0.99),
+                ),
+            },
+        ),
+        TaskSpec(
+            "associative_recall",
+            "sequence",
+            "H3 associative recall; accuracy of the final value",
+            ("token_mixer",),
+            _make_recall("associative_recall", associative_recall, {"score_all": True}),
+            {
+                "tiny": Preset(
+                    {"vocab_size": 12, "seq_len": 16},
+                    2000,
+                    200,
+                    _LM_TINY,
+                    Budget(steps=200, batch_size=32, lr=3e-3, warmup=20, eval_every=25, target=0.99),
+                ),
+                "cpu": Preset(
+                    {"vocab_size": 30, "seq_len": 64},
+                    10_000,
+                    500,
+                    _LM,
+                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
+                ),
+            },
+        ),
+        TaskSpec(
+            "induction_heads",
+            "sequence",
+            "H3 induction heads; accuracy of the token after the final trigger",
+            ("token_mixer",),
+            _make_recall("induction_heads", induction_heads, {"score_all": True}),
+            {
+                "tiny": Preset(
+                    {"vocab_size": 12, "seq_len": 16},
+                    2000,
+                    200,
+                    _LM_TINY,
+                    Budget(steps=200, batch_size=32, lr=3e-3, warmup=20, eval_every=25, target=0.99),
+                ),
+                "cpu": Preset(
+                    {"vocab_size": 20, "seq_len": 64},
+                    10_000,
+                    500,
+                    _LM,
+                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
+                ),
+            },
+        ),
+        TaskSpec(
+            "selective_copying",
+            "sequence",
+            "Mamba selective copying; accuracy over the marker positions",
+            ("token_mixer",),
+            _make_recall("selective_copying", selective_copying),
+            {
+                "tiny": Preset(
+                    {"vocab_size": 8, "seq_len": 16, "num_tokens": 4},
+                    2000,
+                    200,
+                    _LM_TINY,
+                    Budget(steps=200, batch_size=32, lr=3e-3, warmup=20, eval_every=25, target=0.99),
+                ),
+                "cpu": Preset(
+                    {"vocab_size": 16, "seq_len": 64, "num_tokens": 8},
+                    10_000,
+                    500,
+                    _LM,
+                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
+                ),
+            },
+        ),
+        TaskSpec(
+            "listops",
+            "sequence",
+            "mini-ListOps (LRA grammar, MIN/MAX/MED/SM, short expressions); accuracy of the value",
+            ("token_mixer",),
+            _make_listops,
+            {
+                "tiny": Preset(
+                    {"min_len": 4, "max_len": 24, "max_depth": 3, "max_args": 4},
+                    1000,
+                    200,
+                    {**_LM_TINY, "mlp_ratio": 2.0},
+                    Budget(steps=100, batch_size=32, lr=3e-3, warmup=10, eval_every=25),
+                ),
+                "cpu": Preset(
+                    {"min_len": 16, "max_len": 128, "max_depth": 6, "max_args": 5},
+                    20_000,
+                    1000,
+                    {**_LM, "mlp_ratio": 2.0},
+                    Budget(steps=2000, batch_size=64, lr=1e-3, eval_every=200),
+                ),
+            },
+        ),
+        TaskSpec(
+            "digits",
+            "image",
+            "sklearn 8x8 handwritten digits, fixed split; classification accuracy",
+            ("token_mixer", "feature_map"),
+            _make_digits,
+            {
+                "tiny": Preset(
+                    {},
+                    256,
+                    128,
+                    {"width": 16, "depth": 1, "mlp_ratio": 2.0, "patch_size": 2, "cnn_widths": (8, 16)},
+                    Budget(steps=30, batch_size=32, lr=3e-3, warmup=5, eval_every=15),
+                ),
+                "cpu": Preset(
+                    {},
+                    1347,
+                    450,
+                    {"width": 64, "depth": 2, "mlp_ratio": 2.0, "patch_size": 2, "cnn_widths": (16, 32)},
+                    Budget(steps=600, batch_size=64, lr=3e-3, eval_every=50, target=None),
+                ),
+            },
+        ),
+        TaskSpec(
+            "mil_digits",
+            "mil",
+            "bags of 8x8 digits, positive iff a 9 is present, size ~ Normal(10, 2); bag accuracy",
+            ("pooling",),
+            _make_mil,
+            {
+                "tiny": Preset(
+                    {"mean_bag_size": 6.0, "std_bag_size": 2.0},
+                    64,
+                    32,
+                    {"width": 16},
+                    Budget(steps=20, batch_size=8, lr=1e-3, warmup=2, eval_every=10),
+                ),
+                "cpu": Preset(
+                    {"mean_bag_size": 10.0, "std_bag_size": 2.0},
+                    500,
+                    200,
+                    {"width": 64},
+                    Budget(steps=600, batch_size=8, lr=5e-4, eval_every=50, weight_decay=1e-4),
+                ),
+            },
+        ),
+    )
+}
+
+
+def list_tasks() -> list[str]:
+    """Names of the evaluation tasks."""
+    return list(TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    """The task called ``name``; raises ``ValueError`` listing the tasks otherwise."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    return TASKS[name]

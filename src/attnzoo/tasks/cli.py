@@ -1,0 +1,138 @@
+"""The ``attnzoo eval`` sub-command: train small models with chosen mechanisms on a task and
+report their quality next to the benchmark's cost.
+
+Examples::
+
+    attnzoo eval --list
+    attnzoo eval mqar --mechanisms mhsa,linear_attention,based
+    attnzoo eval mqar --preset tiny --mechanisms mhsa --seeds 0,1 --bench reports/bench/bench.json
+    attnzoo eval digits --mechanisms mhsa,se,eca --mechanism-kwargs 'mhsa:{"num_heads": 2}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import attnzoo
+from attnzoo.tasks.catalog import TASKS, get_task
+from attnzoo.tasks.report import markdown_table, write_results
+from attnzoo.tasks.runner import run_eval
+
+__all__ = ["add_eval_parser", "parse_mechanism_kwargs"]
+
+
+def parse_mechanism_kwargs(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["name:{json}", ...]`` -> ``{name: kwargs}``; raises ``ValueError`` on a malformed item."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, raw = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--mechanism-kwargs expects NAME:JSON, got {item!r}")
+        try:
+            kwargs = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--mechanism-kwargs {item!r}: invalid JSON ({exc})") from exc
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--mechanism-kwargs {item!r}: JSON must be an object")
+        out[attnzoo.card(name.strip()).name] = kwargs
+    return out
+
+
+def _list_tasks() -> None:
+    for name, spec in TASKS.items():
+        presets = ", ".join(f"{p}{'*' if p == spec.default_preset else ''}" for p in spec.presets)
+        print(f"{name:<20} {spec.kind:<9} {'/'.join(spec.families):<24} presets: {presets}")
+        print(f"{'':<20} {spec.summary}")
+
+
+def _default_mechanisms(families: tuple[str, ...]) -> list[str]:
+    preferred = [n for n in ("mhsa", "linear_attention", "based") if n in attnzoo.list_mechanisms()]
+    if "token_mixer" in families and preferred:
+        return preferred
+    return attnzoo.list_mechanisms(family=families[0])
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.list:
+        _list_tasks()
+        return 0
+    if args.task is None:
+        print("attnzoo eval: name a task (see `attnzoo eval --list`)")
+        return 2
+    try:
+        spec = get_task(args.task)
+        mechanisms = (
+            [m.strip() for m in args.mechanisms.split(",") if m.strip()]
+            if args.mechanisms
+            else _default_mechanisms(spec.families)
+        )
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        overrides = parse_mechanism_kwargs(args.mechanism_kwargs or [])
+        model = json.loads(args.model_kwargs) if args.model_kwargs else None
+        if model is not None and not isinstance(model, dict):
+            raise ValueError("--model-kwargs must be a JSON object")
+        bench = json.loads(Path(args.bench).read_text()) if args.bench else None
+        doc = run_eval(
+            spec.name,
+            mechanisms,
+            preset=args.preset,
+            seeds=seeds,
+            steps=args.steps,
+            lr=args.lr,
+            target=args.target,
+            overrides=overrides,
+            model=model,
+            progress=not args.no_progress,
+        )
+    except (KeyError, ValueError, OSError) as exc:
+        print(f"attnzoo eval: {exc}")
+        return 2
+    out = Path(args.out or f"reports/eval/{spec.name}")
+    paths = write_results(doc, out, bench)
+    print(markdown_table(doc, bench))
+    for run in doc["runs"]:
+        if run["status"] != "ok":
+            print(f"{run['mechanism']} (seed {run['seed']}): {run['error']}")
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0 if any(r["status"] == "ok" for r in doc["runs"]) else 1
+
+
+def add_eval_parser(subparsers: Any) -> None:
+    """Register ``eval`` on an ``argparse`` sub-parsers object (``parser.add_subparsers()``)."""
+    p = subparsers.add_parser(
+        "eval",
+        help="train small models per mechanism on a task; quality next to cost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("task", nargs="?", choices=list(TASKS), help="task to run (see --list)")
+    p.add_argument("--list", action="store_true", help="list tasks and presets (* = default) and exit")
+    p.add_argument(
+        "--mechanisms",
+        help="comma-separated mechanism names (default: mhsa,linear_attention,based "
+        "for sequence tasks, the whole family otherwise)",
+    )
+    p.add_argument("--preset", help="task preset (default: the task's, usually 'cpu')")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="replace the preset's step budget (all mechanisms alike)")
+    p.add_argument("--lr", type=float, help="replace the preset's learning rate (all mechanisms alike)")
+    p.add_argument("--target", type=float, help="stop a run once test accuracy reaches this")
+    p.add_argument(
+        "--mechanism-kwargs",
+        action="append",
+        metavar="NAME:JSON",
+        help="constructor kwargs for one mechanism, e.g. 'based:{\"feature_dim\": 8}' (repeatable)",
+    )
+    p.add_argument(
+        "--model-kwargs",
+        metavar="JSON",
+        help="backbone settings for every mechanism alike, e.g. '{\"short_conv\": 3}' (sequence tasks: "
+        "width, depth, mlp_ratio, short_conv, positional)",
+    )
+    p.add_argument("--bench", metavar="PATH", help="bench.json from `attnzoo bench` for the Pareto plot")
+    p.add_argument("--out", help="output directory (default: reports/eval/<task>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_eval)

@@ -1,0 +1,54 @@
+"""Task data containers shared by the generators and the training runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["IGNORE", "Split", "TaskData"]
+
+IGNORE = -100
+"""Target value of a position that is not scored (as in PyTorch's ``cross_entropy``)."""
+
+Split = dict[str, torch.Tensor]
+
+
+@dataclass
+class TaskData:
+    """A generated task: a train and a test split of aligned tensors.
+
+    ``kind`` fixes the tensors of each split:
+
+    - ``"sequence"``: ``tokens (S, N) int64`` and ``targets (S, N) int64`` with :data:`IGNORE` at
+      positions that are not scored (next-token targets for a causal LM);
+    - ``"image"``: ``images (S, C, H, W) float`` and ``labels (S,) int64``;
+    - ``"mil"``: ``bags (S, M, C, H, W) float``, ``mask (S, M) bool`` (True = real instance) and
+      ``labels (S,) int64`` (bag labels, 0/1).
+
+    Attributes:
+        name: task name.
+        kind: see above.
+        train / test: the splits.
+        meta: sizes the backbone needs (``vocab_size``, ``seq_len``, ``num_classes``, ...).
+        config: the generator arguments (recorded in results so a run can be repeated).
+    """
+
+    name: str
+    kind: Literal["sequence", "image", "mil"]
+    train: Split
+    test: Split
+    meta: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for split_name, split in (("train", self.train), ("test", self.test)):
+            lengths = {k: v.shape[0] for k, v in split.items()}
+            if len(set(lengths.values())) != 1:
+                raise ValueError(f"{self.name} {split_name} split has misaligned tensors: {lengths}")
+
+    def size(self, split: str) -> int:
+        """Number of examples in ``split`` (``"train"`` or ``"test"``)."""
+        tensors = self.train if split == "train" else self.test
+        return next(iter(tensors.values())).shape[0]

@@ -1,0 +1,321 @@
+"""Train a backbone with a chosen mechanism on a task under a fixed budget and measure quality.
+
+One run = (task, preset, mechanism, seed). The seed fixes the data, the initialisation and the
+batch order, so a run repeats exactly on the same machine and thread count. The same budget
+(steps, batch size, learning-rate schedule) applies to every mechanism on a preset; a run stops
+early once its test metric reaches the budget's target.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import attnzoo
+from attnzoo.models import CausalLM, MILClassifier, SmallCNN, ViTTiny
+from attnzoo.tasks.catalog import Budget, Preset, get_task
+from attnzoo.tasks.data import IGNORE, Split, TaskData
+
+__all__ = ["MODEL_KEYS", "build_model", "evaluate", "run_eval", "train_one"]
+
+MODEL_KEYS: dict[str, set[str]] = {
+    "sequence": {"width", "depth", "mlp_ratio", "short_conv", "positional"},
+    "image": {"width", "depth", "mlp_ratio", "patch_size", "cnn_widths"},
+    "mil": {"width"},
+}
+"""Backbone settings a preset (or ``run_eval(model=...)``) may set, per task kind."""
+
+
+def build_model(
+    data: TaskData, preset: Preset, mechanism: str, overrides: Mapping[str, Any] | None = None
+) -> tuple[nn.Module, str]:
+    """The backbone for ``data`` with ``mechanism`` plugged in, and the backbone's name.
+
+    Sequence tasks use :class:`CausalLM`; image tasks :class:`ViTTiny` for token mixers and
+    :class:`SmallCNN` for feature-map attention; MIL tasks :class:`MILClassifier`.
+    """
+    family = attnzoo.card(mechanism).family
+    m = preset.model
+    if data.kind == "sequence":
+        model = CausalLM(
+            data.meta["vocab_size"],
+            m["width"],
+            m["depth"],
+            mechanism,
+            max_len=data.meta["seq_len"],
+            mlp_ratio=m.get("mlp_ratio", 0.0),
+            short_conv=m.get("short_conv", 0),
+            positional=m.get("positional", True),
+            mixer_overrides=overrides,
+        )
+        return model, "CausalLM"
+    if data.kind == "image":
+        c, h, w = data.meta["image_shape"]
+        if family == "feature_map":
+            return SmallCNN(
+                c, data.meta["num_classes"], m["cnn_widths"], mechanism, attention_overrides=overrides
+            ), "SmallCNN"
+        if family == "token_mixer":
+            return ViTTiny(
+                (h, w),
+                m["patch_size"],
+                c,
+                data.meta["num_classes"],
+                m["width"],
+                m["depth"],
+                mechanism,
+                mlp_ratio=m.get("mlp_ratio", 2.0),
+                mixer_overrides=overrides,
+            ), "ViTTiny"
+        raise ValueError(
+            f"task {data.name!r} takes token_mixer or feature_map mechanisms, {mechanism!r} is a {family}"
+        )
+    if data.kind == "mil":
+        return MILClassifier(
+            data.meta["image_shape"][0], m["width"], mechanism, pooling_overrides=overrides
+        ), "MILClassifier"
+    raise ValueError(f"unknown task kind {data.kind!r}")
+
+
+def _batch(split: Split, idx: torch.Tensor) -> Split:
+    return {k: v[idx] for k, v in split.items()}
+
+
+def _loss_and_correct(model: nn.Module, kind: str, batch: Split) -> tuple[torch.Tensor, int, int]:
+    """Loss of a batch, number of correct scored predictions and number scored."""
+    if kind == "sequence":
+        targets = batch["targets"]
+        scored = targets != IGNORE
+        hidden = model.hidden(batch["tokens"])[scored]
+        logits = model.head(hidden)
+        y = targets[scored]
+        return F.cross_entropy(logits, y), int((logits.argmax(-1) == y).sum()), int(y.numel())
+    if kind == "image":
+        logits = model(batch["images"])
+        y = batch["labels"]
+        return F.cross_entropy(logits, y), int((logits.argmax(-1) == y).sum()), int(y.numel())
+    logits, _ = model(batch["bags"], batch["mask"])
+    y = batch["labels"]
+    loss = F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
+    return loss, int(((logits > 0).long() == y).sum()), int(y.numel())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TaskData, batch_size: int = 256) -> float:
+    """Test accuracy: correct / scored over the whole test split (eval mode)."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    n = data.size("test")
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(n, start + batch_size))
+        _, c, t = _loss_and_correct(model, data.kind, _batch(data.test, idx))
+        correct += c
+        total += t
+    model.train(was)
+    return correct / max(total, 1)
+
+
+def _lr_at(step: int, budget: Budget) -> float:
+    if step < budget.warmup:
+        return budget.lr * (step + 1) / budget.warmup
+    progress = (step - budget.warmup) / max(1, budget.steps - budget.warmup)
+    return budget.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_one(
+    data: TaskData,
+    preset: Preset,
+    mechanism: str,
+    *,
+    seed: int = 0,
+    budget: Budget | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``mechanism`` on ``data`` under ``budget`` (default: the preset's) and return the result.
+
+    The result records the mechanism, backbone, parameter count, the budget, the history
+    ``[{step, loss, accuracy, seconds}]``, the best and final test accuracy, the step at which the
+    target was reached (or ``None``) and the training time; ``status`` is ``"ok"`` or
+    ``"error"`` (with ``error``) when the mechanism cannot be built or training fails, so one
+    mechanism never aborts a comparison.
+    """
+    budget = budget or preset.budget
+    card = attnzoo.card(mechanism)
+    result: dict[str, Any] = {
+        "mechanism": card.name,
+        "family": card.family,
+        "seed": seed,
+        "overrides": dict(overrides or {}),
+        "budget": {k: getattr(budget, k) for k in budget.__dataclass_fields__},
+    }
+    torch.manual_seed(seed)
+    try:
+        model, backbone = build_model(data, preset, card.name, overrides)
+    except ValueError as exc:
+        return {**result, "status": "error", "error": str(exc)}
+    result["backbone"] = backbone
+    result["params"] = sum(p.numel() for p in model.parameters())
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=budget.lr,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    n_train = data.size("train")
+    history: list[dict[str, Any]] = []
+    reached: int | None = None
+    start = time.perf_counter()
+    bar = tqdm(total=budget.steps, desc=f"{data.name}:{card.name}", disable=not progress, leave=False)
+    model.train()
+    running = 0.0
+    order = torch.randperm(n_train, generator=gen)
+    cursor = 0
+    try:
+        for step in range(budget.steps):
+            if cursor + budget.batch_size > n_train:
+                order = torch.randperm(n_train, generator=gen)
+                cursor = 0
+            idx = order[cursor : cursor + budget.batch_size]
+            cursor += budget.batch_size
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, budget)
+            loss, _, _ = _loss_and_correct(model, data.kind, _batch(data.train, idx))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            running = loss.item() if step == 0 else 0.9 * running + 0.1 * loss.item()
+            bar.update(1)
+            done = step + 1
+            if done % budget.eval_every == 0 or done == budget.steps:
+                acc = evaluate(model, data)
+                history.append(
+                    {"step": done, "loss": running, "accuracy": acc, "seconds": time.perf_counter() - start}
+                )
+                bar.set_postfix(loss=f"{running:.3f}", acc=f"{acc:.3f}")
+                if budget.target is not None and acc >= budget.target:
+                    reached = done
+                    break
+    except (RuntimeError, ValueError, FloatingPointError) as exc:
+        bar.close()
+        return {**result, "status": "error", "error": f"{type(exc).__name__}: {exc}", "history": history}
+    bar.close()
+    accs = [h["accuracy"] for h in history]
+    return {
+        **result,
+        "status": "ok",
+        "history": history,
+        "steps_run": history[-1]["step"],
+        "final_accuracy": accs[-1],
+        "best_accuracy": max(accs),
+        "target_reached_at": reached,
+        "train_seconds": time.perf_counter() - start,
+    }
+
+
+def run_eval(
+    task: str,
+    mechanisms: Sequence[str],
+    *,
+    preset: str | None = None,
+    seeds: Sequence[int] = (0,),
+    steps: int | None = None,
+    lr: float | None = None,
+    target: float | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    model: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``mechanisms`` on ``task`` and return the result document.
+
+    Args:
+        task: task name (see :func:`attnzoo.tasks.list_tasks`).
+        mechanisms: registered mechanism names.
+        preset: preset name (default: the task's default).
+        seeds: one run per seed and mechanism; the data of a seed is shared by all mechanisms.
+        steps / lr / target: replace the preset's budget values for every mechanism alike.
+        overrides: per-mechanism constructor kwargs, ``{name: {kwarg: value}}``.
+        model: backbone settings replacing the preset's (see :data:`MODEL_KEYS`), the same for
+            every mechanism, e.g. ``{"short_conv": 3}``.
+        progress: show tqdm progress bars.
+
+    Returns:
+        ``{"meta": {...}, "task": {...}, "runs": [result, ...]}`` where ``meta`` records the
+        versions, the machine, the threads and the date, and ``task`` the preset and data
+        configuration, so a run can be repeated.
+    """
+    spec = get_task(task)
+    preset_name = preset or spec.default_preset
+    p = spec.preset(preset_name)
+    budget = p.budget
+    changes: dict[str, Any] = {}
+    if steps is not None:
+        changes["steps"] = steps
+    if lr is not None:
+        changes["lr"] = lr
+    if target is not None:
+        changes["target"] = target
+    budget = replace(budget, **changes)
+    model = dict(model or {})
+    unknown = set(model) - MODEL_KEYS[spec.kind]
+    if unknown:
+        raise ValueError(
+            f"unknown backbone setting(s) {sorted(unknown)} for a {spec.kind} task; "
+            f"known: {sorted(MODEL_KEYS[spec.kind])}"
+        )
+    p = replace(p, model={**p.model, **model})
+    names = [attnzoo.card(m).name for m in mechanisms]
+    if not names:
+        raise ValueError("mechanisms must name at least one mechanism")
+    overrides = {attnzoo.card(k).name: dict(v) for k, v in (overrides or {}).items()}
+    runs = []
+    data_cfg: dict[str, Any] = {}
+    meta_cfg: dict[str, Any] = {}
+    for seed in seeds:
+        data = spec.generate(preset_name, seed=seed)
+        data_cfg, meta_cfg = data.config, data.meta
+        for name in names:
+            runs.append(
+                train_one(
+                    data, p, name, seed=seed, budget=budget, overrides=overrides.get(name), progress=progress
+                )
+            )
+    return {
+        "meta": {
+            "attnzoo": attnzoo.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "task": {
+            "name": spec.name,
+            "kind": spec.kind,
+            "summary": spec.summary,
+            "preset": preset_name,
+            "data": {k: list(v) if isinstance(v, tuple) else v for k, v in data_cfg.items()},
+            "model": {k: list(v) if isinstance(v, tuple) else v for k, v in p.model.items()},
+            "model_overrides": model,
+            "budget": {k: getattr(budget, k) for k in budget.__dataclass_fields__},
+            "seq_len": meta_cfg.get("seq_len"),
+            "chance": meta_cfg.get("chance"),
+            "seeds": list(seeds),
+        },
+        "runs": runs,
+    }
