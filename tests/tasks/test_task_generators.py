@@ -126,6 +126,10 @@ def test_catalog_presets_and_errors() -> None:
     }
     for spec in TASKS.values():
         assert "tiny" in spec.presets and spec.default_preset in spec.presets
+    headline = get_task("mqar").preset()  # Zoology's MQAR setting at width 64, see catalog docstring
+    assert get_task("mqar").default_preset == "zoology-cpu"
+    assert headline.data == {"vocab_size": 1024, "seq_len": 64, "num_kv_pairs": 16}
+    assert headline.model == {"width": 64, "depth": 2, "mlp_ratio": 0.0, "short_conv": 3}
     for name, p in get_task("mqar").presets.items():
         if name != "tiny":  # the CPU-sized range
             assert 256 <= p.data["vocab_size"] <= 8192 and 64 <= p.data["seq_len"] <= 256

@@ -4,7 +4,7 @@ report their quality next to the benchmark's cost.
 Examples::
 
     attnzoo eval --list
-    attnzoo eval mqar --mechanisms mhsa,linear_attention,based
+    attnzoo eval mqar --mechanisms mhsa,linear_attention,based      # preset zoology-cpu, the headline
     attnzoo eval mqar --preset tiny --mechanisms mhsa --seeds 0,1 --bench reports/bench/bench.json
     attnzoo eval digits --mechanisms mhsa,se,eca --mechanism-kwargs 'mhsa:{"num_heads": 2}'
 """
@@ -115,7 +115,9 @@ def add_eval_parser(subparsers: Any) -> None:
         help="comma-separated mechanism names (default: mhsa,linear_attention,based "
         "for sequence tasks, the whole family otherwise)",
     )
-    p.add_argument("--preset", help="task preset (default: the task's, usually 'cpu')")
+    p.add_argument(
+        "--preset", help="task preset (default: the task's, marked * by --list; for mqar 'zoology-cpu')"
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default: %(default)s)")
     p.add_argument("--steps", type=int, help="replace the preset's step budget (all mechanisms alike)")
     p.add_argument("--lr", type=float, help="replace the preset's learning rate (all mechanisms alike)")
