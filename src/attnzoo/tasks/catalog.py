@@ -230,6 +230,13 @@ def _make_mil(preset: Preset, seed: int) -> TaskData:
 _LM_TINY = {"width": 32, "depth": 2, "mlp_ratio": 0.0}
 _LM = {"width": 64, "depth": 2, "mlp_ratio": 0.0}
 _LM_CONV = {**_LM, "short_conv": 3}
+_MQAR_CPU_BUDGET = Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99)
+
+
+def _mqar_cpu(data: dict[str, int]) -> Preset:
+    """An MQAR preset at the shared CPU budget (20K train / 1K test sequences, conv LM, 1500 steps)."""
+    return Preset(data, 20_000, 1000, _LM_CONV, _MQAR_CPU_BUDGET)
+
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -248,34 +255,10 @@ TASKS: dict[str, TaskSpec] = {
                     _LM_TINY,
                     Budget(steps=200, batch_size=32, lr=1e-2, warmup=20, eval_every=25, target=0.99),
                 ),
-                "cpu": Preset(
-                    {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 16},
-                    20_000,
-                    1000,
-                    _LM_CONV,
-                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
-                ),
-                "zoology-cpu": Preset(
-                    {"vocab_size": 1024, "seq_len": 64, "num_kv_pairs": 16},
-                    20_000,
-                    1000,
-                    _LM_CONV,
-                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
-                ),
-                "cpu-128": Preset(
-                    {"vocab_size": 256, "seq_len": 128, "num_kv_pairs": 16},
-                    20_000,
-                    1000,
-                    _LM_CONV,
-                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
-                ),
-                "cpu-easy": Preset(
-                    {"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 8},
-                    20_000,
-                    1000,
-                    _LM_CONV,
-                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
-                ),
+                "cpu": _mqar_cpu({"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 16}),
+                "zoology-cpu": _mqar_cpu({"vocab_size": 1024, "seq_len": 64, "num_kv_pairs": 16}),
+                "cpu-128": _mqar_cpu({"vocab_size": 256, "seq_len": 128, "num_kv_pairs": 16}),
+                "cpu-easy": _mqar_cpu({"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 8}),
                 "cpu-large": Preset(
                     {"vocab_size": 8192, "seq_len": 256, "num_kv_pairs": 16},
                     20_000,
