@@ -230,12 +230,14 @@ def _make_mil(preset: Preset, seed: int) -> TaskData:
 _LM_TINY = {"width": 32, "depth": 2, "mlp_ratio": 0.0}
 _LM = {"width": 64, "depth": 2, "mlp_ratio": 0.0}
 _LM_CONV = {**_LM, "short_conv": 3}
-_MQAR_CPU_BUDGET = Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99)
+# budgets shared by the sequence tasks' presets
+_SEQ_CPU_BUDGET = Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99)
+_SEQ_TINY_BUDGET = Budget(steps=200, batch_size=32, lr=3e-3, warmup=20, eval_every=25, target=0.99)
 
 
 def _mqar_cpu(data: dict[str, int]) -> Preset:
     """An MQAR preset at the shared CPU budget (20K train / 1K test sequences, conv LM, 1500 steps)."""
-    return Preset(data, 20_000, 1000, _LM_CONV, _MQAR_CPU_BUDGET)
+    return Preset(data, 20_000, 1000, _LM_CONV, _SEQ_CPU_BUDGET)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -281,14 +283,14 @@ TASKS: dict[str, TaskSpec] = {
                     2000,
                     200,
                     _LM_TINY,
-                    Budget(steps=200, batch_size=32, lr=3e-3, warmup=20, eval_every=25, target=0.99),
+                    _SEQ_TINY_BUDGET,
                 ),
                 "cpu": Preset(
                     {"vocab_size": 30, "seq_len": 64},
                     10_000,
                     500,
                     _LM,
-                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
+                    _SEQ_CPU_BUDGET,
                 ),
             },
         ),
@@ -304,14 +306,14 @@ TASKS: dict[str, TaskSpec] = {
                     2000,
                     200,
                     _LM_TINY,
-                    Budget(steps=200, batch_size=32, lr=3e-3, warmup=20, eval_every=25, target=0.99),
+                    _SEQ_TINY_BUDGET,
                 ),
                 "cpu": Preset(
                     {"vocab_size": 20, "seq_len": 64},
                     10_000,
                     500,
                     _LM,
-                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
+                    _SEQ_CPU_BUDGET,
                 ),
             },
         ),
@@ -327,14 +329,14 @@ TASKS: dict[str, TaskSpec] = {
                     2000,
                     200,
                     _LM_TINY,
-                    Budget(steps=200, batch_size=32, lr=3e-3, warmup=20, eval_every=25, target=0.99),
+                    _SEQ_TINY_BUDGET,
                 ),
                 "cpu": Preset(
                     {"vocab_size": 16, "seq_len": 64, "num_tokens": 8},
                     10_000,
                     500,
                     _LM,
-                    Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, target=0.99),
+                    _SEQ_CPU_BUDGET,
                 ),
             },
         ),
