@@ -178,12 +178,46 @@ def test_compare_runs_flags_regressions() -> None:
 def test_linear_suite_structure() -> None:
     from attnzoo.bench.linear_suite import run_linear_suite, suite_markdown
 
-    res = run_linear_suite(heads=2, dim=8, naive_n=64, reference_n=64, scaling_ns=(64, 128), repeats=1)
+    res = run_linear_suite(
+        heads=2,
+        dim=8,
+        naive_n=64,
+        reference_n=64,
+        scaling_ns=(64, 128),
+        based={"dim": 8, "num_heads": 2, "feature_dim": 3},
+        repeats=1,
+    )
     assert [r["gate"] for r in res["naive_vs_chunked"]] == ["none", "per_head", "per_key"]
     assert all(r["speedup"] > 0 for r in res["naive_vs_chunked"])
-    assert res["quadratic_vs_chunked"]["n"] == 64
+    refs = res["references"]
+    assert [r["reference"].split()[0] for r in refs] == ["Lightning", "ViG", "Zoology"]
+    assert all(r["n"] == 64 and r["speedup"] > 0 for r in refs)
+    assert refs[2]["reference_mib"] >= 0 and refs[2]["attnzoo_mib"] >= 0
     assert all(len(r["chunked_ms"]) == 2 for r in res["scaling"])
-    assert "Lightning-style" in suite_markdown(res)
+    assert len(res["load_average_before"]) == 3 and len(res["load_average_after"]) == 3
+    text = suite_markdown(res)
+    assert "Lightning Attention" in text and "naive_recurrent_gla" in text and "train_view" in text
+
+
+def test_naive_gla_loop_reference_matches_recurrence() -> None:
+    from attnzoo.bench.linear_suite import naive_gla_loop_reference
+    from attnzoo.kernels.linear import linear_attention_recurrent
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 9, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    log_gate = torch.nn.functional.logsigmoid(torch.randn(2, 2, 9, 4, generator=g, dtype=torch.float64))
+    want, _ = linear_attention_recurrent(q, k, v, log_gate=log_gate, scale=0.5)
+    torch.testing.assert_close(naive_gla_loop_reference(q, k, v, log_gate), want)
+
+
+def test_based_cumsum_reference_matches_module() -> None:
+    from attnzoo.bench.linear_suite import based_cumsum_reference
+    from attnzoo.mechanisms.token_mixer.based import BasedAttention
+
+    torch.manual_seed(0)
+    module = BasedAttention(12, num_heads=2, feature_dim=3).double()
+    x = torch.randn(2, 11, 12, dtype=torch.float64)
+    torch.testing.assert_close(based_cumsum_reference(module, x), module(x))
 
 
 def test_quadratic_decay_reference_matches_recurrence() -> None:

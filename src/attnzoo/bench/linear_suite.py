@@ -2,28 +2,47 @@
 
 Answers, in one run on one machine (``attnzoo bench --suite linear``):
 
-* how much faster the chunked form is than the naive token-by-token recurrence (the algorithm of
-  ViG's ``naive_recurrent_gla`` and of Zoology's recurrent views), per gate type, at one N;
-* how much faster it is than the quadratic masked-decay form (the algorithm of Lightning
-  Attention's torch reference, which builds an ``N x N`` decay mask per call);
+* how much faster the chunked form is than the naive token-by-token recurrence, per gate type, at
+  one N (:func:`attnzoo.kernels.linear.linear_attention_recurrent`);
+* how much faster attnzoo is than the algorithm of each official reference of the family, at one N:
+
+  - Lightning Attention's torch reference: the quadratic masked-decay form, which builds an
+    ``N x N`` decay mask per call (:func:`quadratic_decay_reference`);
+  - ViG's ``naive_recurrent_gla``: a Python loop over tokens with an elementwise outer product and
+    a sum-reduction per step (:func:`naive_gla_loop_reference`);
+  - Zoology's Based ``train_view="linear"``: the 1 + d + d^2 outer-product Taylor features and a
+    cumulative sum over a ``(B, h, N, D, d_v)`` tensor (:func:`based_cumsum_reference`), whose
+    peak memory is measured beside its time;
+
 * the empirical scaling exponent of the chunked forward over a range of N.
 
-Both reference forms are attnzoo's own float implementations of those algorithms (no official
-code is run); the speed-ups are ratios of medians measured in the same process.
+The reference forms are attnzoo's own re-creations of those algorithms (no official code is run;
+tests check each against attnzoo's kernels in float64). Speed-ups are ratios of medians measured in
+the same process, one after the other, so that machine load affects both sides alike; the system
+load average before and after the run is recorded with the result.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
 import torch
 
-from attnzoo.bench.measure import time_call
+from attnzoo.bench.measure import MemoryProbe, time_call
 from attnzoo.kernels.linear import linear_attention_chunked, linear_attention_recurrent
+from attnzoo.mechanisms.token_mixer.based import BasedAttention
 
-__all__ = ["GATES", "quadratic_decay_reference", "run_linear_suite", "suite_markdown"]
+__all__ = [
+    "GATES",
+    "based_cumsum_reference",
+    "naive_gla_loop_reference",
+    "quadratic_decay_reference",
+    "run_linear_suite",
+    "suite_markdown",
+]
 
 GATES = ("none", "per_head", "per_key")
 
@@ -41,6 +60,54 @@ def quadratic_decay_reference(
     return ((q @ k.transpose(-2, -1)) * mask) @ v
 
 
+def naive_gla_loop_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_gate: torch.Tensor
+) -> torch.Tensor:
+    """GLA by a Python loop over tokens, the algorithm of ViG's ``naive_recurrent_gla``.
+
+    ``q, k, log_gate: (B, h, N, d_k)``, ``v: (B, h, N, d_v)`` -> ``o (B, h, N, d_v)``, with the
+    float32 state ``S_t = S_{t-1} * exp(g_t)[:, None] + k_t^T v_t`` built as an elementwise outer
+    product and ``o_t = sum_k (q_t d_k^{-1/2})[:, None] * S_t`` as a sum-reduction, one step per token.
+    """
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k, v, log_gate = (t.to(dtype) for t in (q, k, v, log_gate))
+    b, h, n, dk = q.shape
+    state = q.new_zeros(b, h, dk, v.shape[-1])
+    out = torch.zeros_like(v)
+    for t in range(n):
+        outer = k[:, :, t, :, None] * v[:, :, t, None, :]
+        state = state * log_gate[:, :, t].exp()[..., None] + outer
+        out[:, :, t] = (q[:, :, t, :, None] * dk**-0.5 * state).sum(-2)
+    return out
+
+
+def _outer_taylor(x: torch.Tensor) -> torch.Tensor:
+    """``(..., d) -> (..., 1 + d + d^2)``: the Taylor features with all ``d^2`` outer-product entries."""
+    d = x.shape[-1]
+    square = (x[..., :, None] * x[..., None, :]).flatten(-2) / math.sqrt(2 * d)
+    return torch.cat([x.new_ones(*x.shape[:-1], 1), x / d**0.25, square], dim=-1)
+
+
+def based_cumsum_reference(module: BasedAttention, x: torch.Tensor) -> torch.Tensor:
+    """``module``'s causal Based output by Zoology's ``train_view="linear"`` algorithm.
+
+    ``x: (B, N, C)`` -> ``(B, N, C)``. Features ``phi(q), phi(k): (B, h, N, D)`` use the
+    ``1 + d + d^2`` outer-product map; the causal sums are a cumulative sum over the
+    ``(B, h, N, D, d_v)`` tensor of per-token ``phi(k_j)^T v_j`` products, read out by a
+    broadcast product and a sum over ``D``.
+    """
+    b, n, _ = x.shape
+    h = module.num_heads
+    q = _outer_taylor(module.proj_q(x).view(b, n, h, module.feature_dim).transpose(1, 2))
+    k = _outer_taylor(module.proj_k(x).view(b, n, h, module.feature_dim).transpose(1, 2))
+    v = module.proj_v(x).view(b, n, h, module.head_dim).transpose(1, 2)
+    kv = (k[..., :, None] * v[..., None, :]).cumsum(dim=2)  # (B, h, N, D, d_v)
+    num = (q[..., :, None] * kv).sum(dim=-2)
+    den = (q * k.cumsum(dim=2)).sum(dim=-1, keepdim=True)
+    y = num / (den + module.eps)
+    return module.proj_o(y.transpose(1, 2).reshape(b, n, h * module.head_dim))
+
+
 def _inputs(n: int, gate: str, *, heads: int, dim: int, seed: int = 0) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, heads, n, dim, generator=g) * dim**-0.5 for _ in range(3))
@@ -54,6 +121,13 @@ def _inputs(n: int, gate: str, *, heads: int, dim: int, seed: int = 0) -> dict[s
     return {"q": q, "k": k, "v": v, "log_gate": log_gate, "slopes": slopes}
 
 
+def _peak_mib(fn: Any) -> float:
+    probe = MemoryProbe()
+    probe.start()
+    fn()
+    return probe.peak_mb()
+
+
 def run_linear_suite(
     *,
     heads: int = 8,
@@ -61,21 +135,43 @@ def run_linear_suite(
     naive_n: int = 8192,
     reference_n: int = 4096,
     scaling_ns: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768),
-    repeats: int = 3,
+    based: dict[str, int] | None = None,
+    repeats: int = 5,
     budget_s: float = 20.0,
 ) -> dict[str, Any]:
-    """Measure the suite; returns a JSON-ready dict (times in ms, medians)."""
+    """Measure the suite; returns a JSON-ready dict (times in ms, medians; memory in MiB).
+
+    ``heads x dim`` is the per-head shape of the kernel comparisons (batch 1, fp32); ``based`` the
+    :class:`BasedAttention` configuration of the Based comparison (default: its card's bench config,
+    ``dim=128, num_heads=1, feature_dim=16``).
+    """
+    based = {"dim": 128, "num_heads": 1, "feature_dim": 16} if based is None else based
     out: dict[str, Any] = {
         "shape": {"batch": 1, "heads": heads, "head_dim": dim},
         "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average_before": list(os.getloadavg()),
         "naive_vs_chunked": [],
-        "quadratic_vs_chunked": {},
+        "references": [],
         "scaling": [],
     }
     kw = {"warmup": 1, "repeats": repeats, "budget_s": budget_s}
 
-    def timed(fn: Any, x: dict[str, Any]) -> float:
-        return time_call(lambda: fn(x["q"], x["k"], x["v"], log_gate=x["log_gate"]), **kw)["median"]
+    def median(fn: Any) -> float:
+        return time_call(fn, **kw)["median"]
+
+    def timed(fn: Any, x: dict[str, Any], **extra: Any) -> float:
+        return median(lambda: fn(x["q"], x["k"], x["v"], log_gate=x["log_gate"], **extra))
+
+    def reference_row(name: str, algorithm: str, n: int, ref_ms: float, ours_ms: float) -> dict[str, Any]:
+        return {
+            "reference": name,
+            "algorithm": algorithm,
+            "n": n,
+            "reference_ms": ref_ms,
+            "attnzoo_ms": ours_ms,
+            "speedup": ref_ms / ours_ms,
+        }
 
     with torch.no_grad():
         for gate in GATES:
@@ -92,16 +188,36 @@ def run_linear_suite(
                 }
             )
         x = _inputs(reference_n, "per_head", heads=heads, dim=dim)
-        quad = time_call(lambda: quadratic_decay_reference(x["q"], x["k"], x["v"], x["slopes"]), **kw)[
-            "median"
-        ]
-        chunked = timed(linear_attention_chunked, x)
-        out["quadratic_vs_chunked"] = {
-            "n": reference_n,
-            "quadratic_ms": quad,
-            "chunked_ms": chunked,
-            "speedup": quad / chunked,
-        }
+        out["references"].append(
+            reference_row(
+                "Lightning Attention (torch reference)",
+                "quadratic masked-decay form, N x N mask built per call",
+                reference_n,
+                median(lambda: quadratic_decay_reference(x["q"], x["k"], x["v"], x["slopes"])),
+                timed(linear_attention_chunked, x),
+            )
+        )
+        x = _inputs(reference_n, "per_key", heads=heads, dim=dim)
+        out["references"].append(
+            reference_row(
+                "ViG naive_recurrent_gla",
+                "Python loop over tokens, per-key gates",
+                reference_n,
+                median(lambda: naive_gla_loop_reference(x["q"], x["k"], x["v"], x["log_gate"])),
+                timed(linear_attention_chunked, x, scale=dim**-0.5),
+            )
+        )
+        module = BasedAttention(**based).eval()
+        xb = torch.randn(1, reference_n, based["dim"], generator=torch.Generator().manual_seed(0))
+        row = reference_row(
+            "Zoology Based (train_view='linear')",
+            "d^2-wide Taylor features, cumsum over a (B, h, N, D, d_v) tensor",
+            reference_n,
+            median(lambda: based_cumsum_reference(module, xb)),
+            median(lambda: module(xb)),
+        )
+        row["config"] = dict(based)
+        out["references"].append(row)
         for gate in GATES:
             medians = [
                 timed(linear_attention_chunked, _inputs(n, gate, heads=heads, dim=dim)) for n in scaling_ns
@@ -114,18 +230,24 @@ def run_linear_suite(
             out["scaling"].append(
                 {"gate": gate, "n": list(scaling_ns), "chunked_ms": medians, "exponent": slope}
             )
+        # memory last: the probe switches the allocator to mmap for large blocks, which slows later timings
+        row["reference_mib"] = _peak_mib(lambda: based_cumsum_reference(module, xb))
+        row["attnzoo_mib"] = _peak_mib(lambda: module(xb))
+    out["load_average_after"] = list(os.getloadavg())
     return out
 
 
 def suite_markdown(result: dict[str, Any]) -> str:
     """The suite's result as Markdown tables."""
     s = result["shape"]
+    load = ", ".join(f"{a:.2f}" for a in result["load_average_before"] + result["load_average_after"])
     lines = [
         "# Linear-attention kernels",
         "",
         f"batch {s['batch']}, {s['heads']} heads x {s['head_dim']}, fp32, forward, "
-        f"{result['threads']} thread(s); medians; both reference forms are attnzoo's own implementations "
-        "of the algorithms the official references use.",
+        f"{result['threads']} thread(s), torch {result['torch']}; medians; all reference forms are "
+        "attnzoo's own re-creations of the algorithms the official references use, timed in the same run. "
+        f"Load average (1, 5, 15 min) before and after: {load}.",
         "",
         "| gate | N | naive recurrence ms | chunked ms | speed-up |",
         "|---|---:|---:|---:|---:|",
@@ -134,13 +256,19 @@ def suite_markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['gate']} | {r['n']} | {r['naive_ms']:.1f} | {r['chunked_ms']:.1f} | {r['speedup']:.1f}x |"
         )
-    q = result["quadratic_vs_chunked"]
     lines += [
         "",
-        "| per-head decay | N | quadratic masked-decay ms | chunked ms | speed-up |",
-        "|---|---:|---:|---:|---:|",
-        f"| Lightning-style | {q['n']} | {q['quadratic_ms']:.1f} | {q['chunked_ms']:.1f} "
-        f"| {q['speedup']:.1f}x |",
+        "| official reference | its algorithm | N | reference ms | attnzoo ms | speed-up "
+        "| peak MiB (ref / attnzoo) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["references"]:
+        mem = f"{r['reference_mib']:.0f} / {r['attnzoo_mib']:.0f}" if "reference_mib" in r else "–"
+        lines.append(
+            f"| {r['reference']} | {r['algorithm']} | {r['n']} | {r['reference_ms']:.1f} "
+            f"| {r['attnzoo_ms']:.1f} | {r['speedup']:.1f}x | {mem} |"
+        )
+    lines += [
         "",
         "| gate | " + " | ".join(f"N={n}" for n in result["scaling"][0]["n"]) + " | exponent |",
         "|---|" + "---:|" * (len(result["scaling"][0]["n"]) + 1),

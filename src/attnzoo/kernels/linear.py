@@ -54,7 +54,7 @@ __all__ = [
 #: default chunk length of the chunked form
 DEFAULT_CHUNK_SIZE = 64
 #: tokens per segment of the chunked form (a multiple of every chunk length up to it)
-SEGMENT_SIZE = 4096
+SEGMENT_SIZE = 2048
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -258,13 +258,13 @@ def _chunked_segment(
         scores, q_in, k_out = _chunk_factors(qc, kc, cum, per_key=gate.shape[-1] > 1)
         decay = cum[..., -1:, :].transpose(-1, -2).exp().contiguous()  # (B, h, N_c, d_k or 1, 1)
     local = k_out.transpose(-1, -2) @ vc  # (B, h, N_c, d_k, d_v): each chunk's own contribution
-    entering = torch.empty_like(local)  # state entering each chunk
+    entering = []  # state entering each chunk
     for c in range(local.shape[2]):
-        entering[:, :, c] = state
+        entering.append(state)
         state = (
             local[:, :, c] + state if decay is None else torch.addcmul(local[:, :, c], state, decay[:, :, c])
         )
-    inter = q_in @ entering
+    inter = q_in @ torch.stack(entering, dim=2)
     o = torch.baddbmm(inter.flatten(0, 2), scores.flatten(0, 2), vc.flatten(0, 2), beta=scale, alpha=scale)
     return o.reshape(b, h, n + n_pad, dv)[:, :, :n], state
 
@@ -302,8 +302,9 @@ def linear_attention_chunked(
     outs = []
     for start in range(0, n, segment):
         part = slice(start, start + segment)
-        qs, ks, vs = q[:, :, part], k[:, :, part], v[:, :, part]
-        gs = None if gate is None else gate[:, :, part]
+        # one copy per input when segmenting, not one per matmul reading the strided slice
+        qs, ks, vs = (t[:, :, part].contiguous() for t in (q, k, v))
+        gs = None if gate is None else gate[:, :, part].contiguous()
         o, state = _chunked_segment(qs, ks, vs, gs, state, scale, chunk_size)
         outs.append(o)
     o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
