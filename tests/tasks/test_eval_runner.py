@@ -11,6 +11,7 @@ import pytest
 import attnzoo
 from attnzoo.tasks import TASKS, bench_latency, markdown_table, pareto_front, run_eval, write_results
 from attnzoo.tasks.cli import add_eval_parser, parse_mechanism_kwargs
+from attnzoo.tasks.report import selected_runs, summarise
 
 _MECHANISM = {"sequence": "mhsa", "image": "mhsa", "mil": "attention_mil"}
 
@@ -80,6 +81,7 @@ def _doc() -> dict:
             "target_reached_at": hit,
             "train_seconds": 1.0,
             "steps_run": 20,
+            "budget": {"lr": 0.003},
             "history": [
                 {"step": 10, "loss": 1.0, "accuracy": acc / 2, "seconds": 0.5},
                 {"step": 20, "loss": 0.5, "accuracy": acc, "seconds": 1.0},
@@ -149,6 +151,105 @@ def test_report_table_pareto_and_files(tmp_path: Path) -> None:
     }
 
 
+def _sweep_run(seed: int, lr: float, acc: float, hit: int | None, status: str = "ok") -> dict:
+    run = {
+        "mechanism": "based",
+        "family": "token_mixer",
+        "seed": seed,
+        "status": status,
+        "budget": {"lr": lr},
+    }
+    if status != "ok":
+        return {**run, "error": f"diverged at {lr}"}
+    return {
+        **run,
+        "backbone": "CausalLM",
+        "params": 10,
+        "best_accuracy": acc,
+        "final_accuracy": acc,
+        "target_reached_at": hit,
+        "train_seconds": lr * 1000,
+        "steps_run": 20,
+        "history": [{"step": 20, "loss": 0.5, "accuracy": acc, "seconds": 1.0}],
+    }
+
+
+def test_learning_rate_sweep_keeps_each_seeds_best_run(tmp_path: Path) -> None:
+    doc = _doc()
+    doc["task"].update(
+        seeds=[0, 1], lrs=[0.001, 0.003, 0.01], budget={"steps": 20, "lr": 0.003, "target": 0.99}
+    )
+    doc["runs"] = [
+        _sweep_run(0, 0.001, 0.5, None),
+        _sweep_run(0, 0.003, 1.0, 900),
+        _sweep_run(0, 0.01, 1.0, 400),  # same accuracy, target reached earlier: chosen
+        _sweep_run(1, 0.001, 0.2, None),  # the only successful run of seed 1
+        _sweep_run(1, 0.003, 0.0, None, status="error"),
+        _sweep_run(1, 0.01, 0.0, None, status="error"),
+    ]
+    chosen = selected_runs(doc)
+    assert [(r["seed"], r["budget"]["lr"]) for r in chosen] == [(0, 0.01), (1, 0.001)]
+    (row,) = summarise(doc)
+    assert row["runs"] == 2 and row["ok"] == 2 and row["errors"] == [] and row["failed_runs"] == 2
+    assert row["best_accuracy"] == pytest.approx(0.6) and row["worst_accuracy"] == pytest.approx(0.2)
+    assert row["lrs"] == [0.01, 0.001] and row["reached"] == 1 and row["steps_to_target"] == 400
+    table = markdown_table(doc)
+    assert "| worst seed | final acc | lr (per seed) |" in table
+    assert (
+        "| `based` | token_mixer | CausalLM | 10 | 0.600 ± 0.400 | 0.200 | 0.600 | 0.01, 0.001 | 1/2, 400 |"
+        in table
+    )
+    write_results(doc, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "2 run(s) of the sweep failed" in report and "--lrs 0.001,0.003,0.01" in report
+    doc["runs"] = doc["runs"][4:]  # seed 1 failed at every rate: its errors are shown
+    (row,) = summarise(doc)
+    assert row["ok"] == 0 and row["errors"] == ["diverged at 0.003", "diverged at 0.01"]
+
+
+def test_run_eval_sweeps_learning_rates() -> None:
+    doc = run_eval("mqar", ["mhsa"], preset="tiny", steps=2, seeds=[0, 1], lrs=[1e-3, 1e-2], progress=False)
+    assert doc["task"]["lrs"] == [1e-3, 1e-2]
+    assert [(r["seed"], r["budget"]["lr"]) for r in doc["runs"]] == [
+        (0, 1e-3),
+        (0, 1e-2),
+        (1, 1e-3),
+        (1, 1e-2),
+    ]
+    assert run_eval("mqar", ["mhsa"], preset="tiny", steps=1, lr=1e-3, progress=False)["task"]["lrs"] == []
+    with pytest.raises(ValueError, match="not both"):
+        run_eval("mqar", ["mhsa"], preset="tiny", lr=1e-3, lrs=[1e-3])
+    with pytest.raises(ValueError, match="positive finite"):
+        run_eval("mqar", ["mhsa"], preset="tiny", lrs=[1e-3, -1.0])
+    with pytest.raises(ValueError, match="must not repeat"):
+        run_eval("mqar", ["mhsa"], preset="tiny", lrs=[1e-3, 1e-3])
+
+
+def test_parallel_jobs_give_the_sequential_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # so that 2 jobs get 1 thread each
+    kwargs = {"preset": "tiny", "steps": 3, "seeds": [0, 1], "lrs": [3e-3, 1e-2], "progress": False}
+    parallel = run_eval("mqar", ["mhsa"], jobs=2, **kwargs)
+    assert parallel["meta"]["jobs"] == 2 and parallel["meta"]["threads"] == 1
+    monkeypatch.undo()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential = run_eval("mqar", ["mhsa"], **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    strip = ("train_seconds", "seconds")
+    for a, b in zip(parallel["runs"], sequential["runs"], strict=True):
+        assert (a["seed"], a["budget"]["lr"]) == (b["seed"], b["budget"]["lr"])
+        assert [{k: v for k, v in h.items() if k not in strip} for h in a["history"]] == [
+            {k: v for k, v in h.items() if k not in strip} for h in b["history"]
+        ]
+    assert parallel["task"] == sequential["task"]
+    with pytest.raises(ValueError, match="jobs must be a positive int"):
+        run_eval("mqar", ["mhsa"], preset="tiny", jobs=0)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnzoo")
     add_eval_parser(parser.add_subparsers(dest="command", required=True))
@@ -200,6 +301,12 @@ def test_cli_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = parser.parse_args(["eval", "mqar", "--preset", "huge", "--no-progress"])
     assert args.func(args) == 2
     assert "no preset 'huge'" in capsys.readouterr().out
+    args = parser.parse_args(["eval", "mqar", "--lrs", "0.001,fast", "--no-progress"])
+    assert args.func(args) == 2
+    assert "could not convert string to float: 'fast'" in capsys.readouterr().out
+    args = parser.parse_args(["eval", "mqar", "--lr", "0.001", "--lrs", "0.001,0.01", "--no-progress"])
+    assert args.func(args) == 2
+    assert "not both" in capsys.readouterr().out
     args = parser.parse_args(["eval", "mqar", "--mechanisms", "mhsaa", "--no-progress"])
     assert args.func(args) == 2
     assert "closest: mhsa" in capsys.readouterr().out

@@ -5,6 +5,8 @@ Examples::
 
     attnzoo eval --list
     attnzoo eval mqar --mechanisms mhsa,linear_attention,based      # preset zoology-cpu, the headline
+    attnzoo eval mqar --seeds 0,1,2 --jobs 2                         # 3 seeds x 2 learning rates, 2 at once
+    attnzoo eval mqar --preset cpu --lrs 1e-3,3e-3,1e-2              # any preset with a learning-rate sweep
     attnzoo eval mqar --preset tiny --mechanisms mhsa --seeds 0,1 --bench reports/bench/bench.json
     attnzoo eval digits --mechanisms mhsa,se,eca --mechanism-kwargs 'mhsa:{"num_heads": 2}'
 """
@@ -82,10 +84,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             seeds=seeds,
             steps=args.steps,
             lr=args.lr,
+            lrs=None if args.lrs is None else [float(x) for x in args.lrs.split(",") if x.strip()],
             target=args.target,
             overrides=overrides,
             model=model,
             progress=not args.no_progress,
+            jobs=args.jobs,
         )
     except (KeyError, ValueError, OSError) as exc:
         print(f"attnzoo eval: {exc}")
@@ -120,7 +124,20 @@ def add_eval_parser(subparsers: Any) -> None:
     )
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default: %(default)s)")
     p.add_argument("--steps", type=int, help="replace the preset's step budget (all mechanisms alike)")
-    p.add_argument("--lr", type=float, help="replace the preset's learning rate (all mechanisms alike)")
+    p.add_argument(
+        "--lr", type=float, help="one learning rate for all mechanisms (turns off the preset's sweep)"
+    )
+    p.add_argument(
+        "--lrs",
+        help="comma-separated learning rates to sweep per mechanism and seed; the best run is reported "
+        "(replaces the preset's sweep; '' turns it off)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process with threads/jobs threads (default: 1)",
+    )
     p.add_argument("--target", type=float, help="stop a run once test accuracy reaches this")
     p.add_argument(
         "--mechanism-kwargs",

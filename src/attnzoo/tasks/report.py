@@ -10,7 +10,15 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_latency", "markdown_table", "pareto_front", "repeat_command", "summarise", "write_results"]
+__all__ = [
+    "bench_latency",
+    "markdown_table",
+    "pareto_front",
+    "repeat_command",
+    "selected_runs",
+    "summarise",
+    "write_results",
+]
 
 
 def bench_latency(bench: dict[str, Any], name: str, n: int | None) -> tuple[float, int] | None:
@@ -29,18 +37,43 @@ def bench_latency(bench: dict[str, Any], name: str, n: int | None) -> tuple[floa
     return None
 
 
+def _run_key(run: dict[str, Any]) -> tuple[float, float]:
+    """Ranking of the runs of one (mechanism, seed): best accuracy, then the earlier target."""
+    reached = run["target_reached_at"]
+    return run["best_accuracy"], -(reached if reached is not None else math.inf)
+
+
+def selected_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs a report shows: per (mechanism, seed), in run order, the best of its learning-rate
+    sweep (highest best accuracy, then the earliest step reaching the target) when any run
+    succeeded, otherwise its failed runs. Without a sweep this is every run."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for run in doc["runs"]:
+        groups.setdefault((run["mechanism"], run["seed"]), []).append(run)
+    out = []
+    for runs in groups.values():
+        ok = [r for r in runs if r["status"] == "ok"]
+        out += [max(ok, key=_run_key)] if ok else runs
+    return out
+
+
 def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per mechanism (in run order), aggregated over seeds: mean best/final accuracy,
-    their spread, runs reaching the target, median steps to the target, params, train time
-    and, with ``bench``, forward latency."""
+    """One row per mechanism (in run order), aggregated over seeds after picking each seed's best
+    learning rate (:func:`selected_runs`): mean best/final accuracy, their spread, the worst
+    seed, the chosen learning rates, runs reaching the target, median steps to the target,
+    params, train time (of the chosen runs) and, with ``bench``, forward latency."""
     order: list[str] = []
     groups: dict[str, list[dict[str, Any]]] = {}
-    for run in doc["runs"]:
+    for run in selected_runs(doc):
         name = run["mechanism"]
         if name not in groups:
             order.append(name)
             groups[name] = []
         groups[name].append(run)
+    failed_sweep_runs: dict[str, int] = {}
+    for run in doc["runs"]:
+        if run["status"] != "ok":
+            failed_sweep_runs[run["mechanism"]] = failed_sweep_runs.get(run["mechanism"], 0) + 1
     rows = []
     seq_len = doc["task"].get("seq_len")
     for name in order:
@@ -50,9 +83,10 @@ def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[
             "mechanism": name,
             "family": runs[0]["family"],
             "backbone": ok[0]["backbone"] if ok else runs[0].get("backbone", "–"),
-            "runs": len(runs),
+            "runs": len({r["seed"] for r in runs}),
             "ok": len(ok),
             "errors": [r["error"] for r in runs if r["status"] != "ok"],
+            "failed_runs": failed_sweep_runs.get(name, 0),
         }
         if ok:
             best = [r["best_accuracy"] for r in ok]
@@ -60,7 +94,9 @@ def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[
                 params=ok[0]["params"],
                 best_accuracy=statistics.fmean(best),
                 best_accuracy_std=statistics.pstdev(best) if len(best) > 1 else 0.0,
+                worst_accuracy=min(best),
                 final_accuracy=statistics.fmean(r["final_accuracy"] for r in ok),
+                lrs=[r["budget"]["lr"] for r in ok],
                 reached=sum(r["target_reached_at"] is not None for r in ok),
                 steps_to_target=(
                     statistics.median(
@@ -83,10 +119,21 @@ def _f(value: float | None, digits: int = 3) -> str:
 
 
 def markdown_table(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> str:
-    """The README-ready Markdown table of :func:`summarise`."""
+    """The README-ready Markdown table of :func:`summarise`.
+
+    With several seeds, "best acc" is the mean ± spread over seeds and "worst seed" the lowest;
+    with a learning-rate sweep, "lr" lists each seed's chosen rate.
+    """
     rows = summarise(doc, bench)
     target = doc["task"]["budget"].get("target")
-    cols = ["mechanism", "family", "backbone", "params", "best acc", "final acc"]
+    seeds = len(doc["task"].get("seeds", [])) > 1
+    sweep = bool(doc["task"].get("lrs"))
+    cols = ["mechanism", "family", "backbone", "params", "best acc"]
+    if seeds:
+        cols.append("worst seed")
+    cols.append("final acc")
+    if sweep:
+        cols.append("lr (per seed)")
     if target is not None:
         cols.append(f"reached {target:g} (runs, median step)")
     cols.append("train s")
@@ -95,25 +142,19 @@ def markdown_table(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> 
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         if not r["ok"]:
-            cells = [f"`{r['mechanism']}`", r["family"], r["backbone"], "–", "error", "–"]
-            if target is not None:
-                cells.append("–")
-            cells.append("–")
-            if bench is not None:
-                cells.append("–")
+            cells = [f"`{r['mechanism']}`", r["family"], r["backbone"], "–", "error"]
+            cells += ["–"] * (len(cols) - len(cells))
             lines.append("| " + " | ".join(cells) + " |")
             continue
         acc = _f(r["best_accuracy"])
         if r["runs"] > 1:
             acc += f" ± {r['best_accuracy_std']:.3f}"
-        cells = [
-            f"`{r['mechanism']}`",
-            r["family"],
-            r["backbone"],
-            f"{r['params']:,}",
-            acc,
-            _f(r["final_accuracy"]),
-        ]
+        cells = [f"`{r['mechanism']}`", r["family"], r["backbone"], f"{r['params']:,}", acc]
+        if seeds:
+            cells.append(_f(r["worst_accuracy"]))
+        cells.append(_f(r["final_accuracy"]))
+        if sweep:
+            cells.append(", ".join(f"{lr:g}" for lr in r["lrs"]))
         if target is not None:
             step = "–" if r["steps_to_target"] is None else f"{r['steps_to_target']:g}"
             cells.append(f"{r['reached']}/{r['ok']}, {step}")
@@ -145,7 +186,7 @@ def _plot_curves(doc: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours: dict[str, Any] = {}
-    for run in doc["runs"]:
+    for run in selected_runs(doc):
         if run["status"] != "ok":
             continue
         name = run["mechanism"]
@@ -221,7 +262,9 @@ def repeat_command(doc: dict[str, Any]) -> str:
         f"attnzoo eval {t['name']} --preset {t['preset']} --mechanisms {','.join(names)}",
         f"--seeds {','.join(str(s) for s in t['seeds'])}",
     ]
-    if "steps" in budget and "lr" in budget:
+    if t.get("lrs"):
+        parts.append(f"--steps {budget['steps']} --lrs {','.join(f'{lr:g}' for lr in t['lrs'])}")
+    elif "steps" in budget and "lr" in budget:
         parts.append(f"--steps {budget['steps']} --lr {budget['lr']:g}")
     if budget.get("target") is not None:
         parts.append(f"--target {budget['target']:g}")
@@ -261,6 +304,14 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
         f"- data: `{json.dumps(t['data'])}`; chance accuracy {_f(t.get('chance'))}",
         f"- backbone: `{json.dumps(t['model'])}`",
         f"- budget (the same for every mechanism): `{json.dumps(t['budget'])}`",
+        *(
+            [
+                f"- learning rates swept for every mechanism and seed: {t['lrs']}; each (mechanism, seed) "
+                "shows its best run (Zoology's protocol); the plot shows those runs"
+            ]
+            if t.get("lrs")
+            else []
+        ),
         f"- seeds: {t['seeds']}; torch {m['torch']}, {m['threads']} thread(s), {m['date']}",
         f"- repeat with: `{repeat_command(doc)}`",
     ]
@@ -273,6 +324,13 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
     failed = [(r["mechanism"], e) for r in rows for e in r["errors"]]
     if failed:
         lines += ["", "## Errors", ""] + [f"- `{n}`: {e}" for n, e in failed]
+    swept = [
+        f"- `{r['mechanism']}`: {r['failed_runs']} run(s) of the sweep failed"
+        for r in rows
+        if r["ok"] and r["failed_runs"]
+    ]
+    if swept:
+        lines += ["", "## Failed sweep runs (not chosen)", "", *swept]
     lines += ["", "![accuracy over training](accuracy.png)"]
     if bench is not None:
         lines.append("![accuracy vs latency](pareto.png)")

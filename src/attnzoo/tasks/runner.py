@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import multiprocessing as mp
 import platform
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +26,7 @@ from tqdm import tqdm
 
 import attnzoo
 from attnzoo.models import CausalLM, MILClassifier, SmallCNN, ViTTiny
-from attnzoo.tasks.catalog import Budget, Preset, get_task
+from attnzoo.tasks.catalog import Budget, Preset, check_lrs, get_task
 from attnzoo.tasks.data import IGNORE, Split, TaskData
 
 __all__ = ["MODEL_KEYS", "build_model", "evaluate", "run_eval", "train_one"]
@@ -228,6 +231,26 @@ def train_one(
     }
 
 
+def _train_in_worker(
+    task: str,
+    preset_name: str,
+    preset: Preset,
+    mechanism: str,
+    seed: int,
+    budget: Budget,
+    overrides: Mapping[str, Any] | None,
+    threads: int,
+) -> dict[str, Any]:
+    """One run in a worker process: regenerate the seed's data (deterministic) and train."""
+    torch.set_num_threads(threads)
+    data = get_task(task).generate(preset_name, seed=seed)
+    return train_one(data, preset, mechanism, seed=seed, budget=budget, overrides=overrides, progress=False)
+
+
+def _pool_context() -> mp.context.BaseContext:
+    return mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
+
+
 def run_eval(
     task: str,
     mechanisms: Sequence[str],
@@ -236,10 +259,12 @@ def run_eval(
     seeds: Sequence[int] = (0,),
     steps: int | None = None,
     lr: float | None = None,
+    lrs: Sequence[float] | None = None,
     target: float | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     model: Mapping[str, Any] | None = None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Evaluate ``mechanisms`` on ``task`` and return the result document.
 
@@ -248,11 +273,17 @@ def run_eval(
         mechanisms: registered mechanism names.
         preset: preset name (default: the task's default).
         seeds: one run per seed and mechanism; the data of a seed is shared by all mechanisms.
-        steps / lr / target: replace the preset's budget values for every mechanism alike.
+        steps / lr / target: replace the preset's budget values for every mechanism alike; ``lr``
+            also turns off the preset's learning-rate sweep.
+        lrs: learning rates to sweep (replacing the preset's ``lrs``): every (mechanism, seed)
+            is trained once per rate and the report keeps its best run. ``()`` turns the sweep off.
         overrides: per-mechanism constructor kwargs, ``{name: {kwarg: value}}``.
         model: backbone settings replacing the preset's (see :data:`MODEL_KEYS`), the same for
             every mechanism, e.g. ``{"short_conv": 3}``.
         progress: show tqdm progress bars.
+        jobs: runs trained at once, each in its own worker process with
+            ``max(1, torch.get_num_threads() // jobs)`` threads (recorded in ``meta``); a run's
+            result does not depend on ``jobs`` beyond that thread count. ``1`` trains in this process.
 
     Returns:
         ``{"meta": {...}, "task": {...}, "runs": [result, ...]}`` where ``meta`` records the
@@ -271,6 +302,11 @@ def run_eval(
     if target is not None:
         changes["target"] = target
     budget = replace(budget, **changes)
+    if lr is not None and lrs:
+        raise ValueError("give lr (one learning rate) or lrs (a sweep), not both")
+    sweep = tuple(lrs) if lrs is not None else (() if lr is not None else p.lrs)
+    check_lrs(sweep)
+    budgets = [replace(budget, lr=x) for x in sweep] if sweep else [budget]
     model = dict(model or {})
     unknown = set(model) - MODEL_KEYS[spec.kind]
     if unknown:
@@ -283,25 +319,55 @@ def run_eval(
     if not names:
         raise ValueError("mechanisms must name at least one mechanism")
     overrides = {attnzoo.card(k).name: dict(v) for k, v in (overrides or {}).items()}
-    runs = []
-    data_cfg: dict[str, Any] = {}
-    meta_cfg: dict[str, Any] = {}
-    for seed in seeds:
-        data = spec.generate(preset_name, seed=seed)
-        data_cfg, meta_cfg = data.config, data.meta
-        for name in names:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    threads = torch.get_num_threads() if jobs == 1 else max(1, torch.get_num_threads() // jobs)
+    plan = [(seed, name, run_budget) for seed in seeds for name in names for run_budget in budgets]
+    data = spec.generate(preset_name, seed=seeds[0]) if seeds else None
+    if jobs == 1:
+        runs = []
+        current = (seeds[0], data) if data is not None else None
+        for seed, name, run_budget in plan:
+            if current is None or current[0] != seed:
+                current = (seed, spec.generate(preset_name, seed=seed))
             runs.append(
                 train_one(
-                    data, p, name, seed=seed, budget=budget, overrides=overrides.get(name), progress=progress
+                    current[1],
+                    p,
+                    name,
+                    seed=seed,
+                    budget=run_budget,
+                    overrides=overrides.get(name),
+                    progress=progress,
                 )
             )
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
+            futures = [
+                pool.submit(
+                    _train_in_worker,
+                    spec.name,
+                    preset_name,
+                    p,
+                    name,
+                    seed,
+                    run_budget,
+                    overrides.get(name),
+                    threads,
+                )
+                for seed, name, run_budget in plan
+            ]
+            runs = [f.result() for f in tqdm(futures, desc=f"{spec.name}: runs", disable=not progress)]
+    data_cfg = data.config if data is not None else {}
+    meta_cfg = data.meta if data is not None else {}
     return {
         "meta": {
             "attnzoo": attnzoo.__version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
+            "threads": threads,
+            "jobs": jobs,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
         "task": {
@@ -313,6 +379,7 @@ def run_eval(
             "model": {k: list(v) if isinstance(v, tuple) else v for k, v in p.model.items()},
             "model_overrides": model,
             "budget": {k: getattr(budget, k) for k in budget.__dataclass_fields__},
+            "lrs": list(sweep),
             "seq_len": meta_cfg.get("seq_len"),
             "chance": meta_cfg.get("chance"),
             "seeds": list(seeds),
