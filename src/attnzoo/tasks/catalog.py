@@ -259,6 +259,15 @@ _SEQ_CPU_BUDGET = Budget(steps=1500, batch_size=64, lr=3e-3, eval_every=100, tar
 _SEQ_TINY_BUDGET = Budget(steps=200, batch_size=32, lr=3e-3, warmup=20, eval_every=25, target=0.99)
 
 
+def _recall_presets(tiny: dict[str, int], cpu: dict[str, int]) -> dict[str, Preset]:
+    """The ``tiny`` (2K/200 sequences, tiny LM and budget) and ``cpu`` (10K/500 sequences, the
+    shared CPU LM and budget) presets of a synthetic recall task with these data arguments."""
+    return {
+        "tiny": Preset(tiny, 2000, 200, _LM_TINY, _SEQ_TINY_BUDGET),
+        "cpu": Preset(cpu, 10_000, 500, _LM, _SEQ_CPU_BUDGET),
+    }
+
+
 def _mqar_cpu(data: dict[str, int], lrs: tuple[float, ...] = ()) -> Preset:
     """An MQAR preset at the shared CPU budget (20K train / 1K test sequences, conv LM, 1500 steps)."""
     return Preset(data, 20_000, 1000, _LM_CONV, _SEQ_CPU_BUDGET, lrs)
@@ -303,22 +312,7 @@ TASKS: dict[str, TaskSpec] = {
             "H3 associative recall; accuracy of the final value",
             ("token_mixer",),
             _make_recall("associative_recall", associative_recall, {"score_all": True}),
-            {
-                "tiny": Preset(
-                    {"vocab_size": 12, "seq_len": 16},
-                    2000,
-                    200,
-                    _LM_TINY,
-                    _SEQ_TINY_BUDGET,
-                ),
-                "cpu": Preset(
-                    {"vocab_size": 30, "seq_len": 64},
-                    10_000,
-                    500,
-                    _LM,
-                    _SEQ_CPU_BUDGET,
-                ),
-            },
+            _recall_presets({"vocab_size": 12, "seq_len": 16}, {"vocab_size": 30, "seq_len": 64}),
         ),
         TaskSpec(
             "induction_heads",
@@ -326,22 +320,7 @@ TASKS: dict[str, TaskSpec] = {
             "H3 induction heads; accuracy of the token after the final trigger",
             ("token_mixer",),
             _make_recall("induction_heads", induction_heads, {"score_all": True}),
-            {
-                "tiny": Preset(
-                    {"vocab_size": 12, "seq_len": 16},
-                    2000,
-                    200,
-                    _LM_TINY,
-                    _SEQ_TINY_BUDGET,
-                ),
-                "cpu": Preset(
-                    {"vocab_size": 20, "seq_len": 64},
-                    10_000,
-                    500,
-                    _LM,
-                    _SEQ_CPU_BUDGET,
-                ),
-            },
+            _recall_presets({"vocab_size": 12, "seq_len": 16}, {"vocab_size": 20, "seq_len": 64}),
         ),
         TaskSpec(
             "selective_copying",
@@ -349,22 +328,10 @@ TASKS: dict[str, TaskSpec] = {
             "Mamba selective copying; accuracy over the marker positions",
             ("token_mixer",),
             _make_recall("selective_copying", selective_copying),
-            {
-                "tiny": Preset(
-                    {"vocab_size": 8, "seq_len": 16, "num_tokens": 4},
-                    2000,
-                    200,
-                    _LM_TINY,
-                    _SEQ_TINY_BUDGET,
-                ),
-                "cpu": Preset(
-                    {"vocab_size": 16, "seq_len": 64, "num_tokens": 8},
-                    10_000,
-                    500,
-                    _LM,
-                    _SEQ_CPU_BUDGET,
-                ),
-            },
+            _recall_presets(
+                {"vocab_size": 8, "seq_len": 16, "num_tokens": 4},
+                {"vocab_size": 16, "seq_len": 64, "num_tokens": 8},
+            ),
         ),
         TaskSpec(
             "listops",
