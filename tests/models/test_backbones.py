@@ -8,6 +8,7 @@ import torch
 
 import attnzoo
 from attnzoo.models import CausalLM, MILClassifier, SmallCNN, ViTTiny, build_mechanism, mechanism_kwargs
+from attnzoo.models.blocks import BaseConv
 
 
 def _registered(name: str) -> None:
@@ -51,6 +52,42 @@ def test_causal_lm_shapes_and_causality(short_conv: int) -> None:
         lm(torch.zeros(1, 13, dtype=torch.long))
     with pytest.raises(TypeError, match="int64"):
         lm(torch.zeros(1, 4, dtype=torch.int32))
+
+
+def test_base_conv_blocks_alternate_with_the_mechanism() -> None:
+    lm = CausalLM(20, 16, 4, "mhsa", max_len=12, base_conv=3, positional=False).eval()
+    kinds = [type(b.mixer).__name__ for b in lm.blocks]
+    assert kinds[0] == kinds[2] == "BaseConv" and kinds[1] == kinds[3] != "BaseConv"
+    assert lm.pos is None
+    tok = torch.randint(0, 20, (2, 12))
+    out = lm(tok)
+    tok2 = tok.clone()
+    tok2[:, 5:] = (tok2[:, 5:] + 1) % 20
+    torch.testing.assert_close(lm(tok2)[:, :5], out[:, :5])
+    assert not torch.allclose(lm(tok2)[:, 5:], out[:, 5:])
+    with pytest.raises(ValueError, match="depth >= 2"):
+        CausalLM(20, 16, 1, "mhsa", max_len=12, base_conv=3)
+    with pytest.raises(ValueError, match="base_conv"):
+        CausalLM(20, 16, 2, "mhsa", max_len=12, base_conv=-1)
+
+
+def test_tied_embeddings_share_one_small_table() -> None:
+    lm = CausalLM(50, 16, 2, "mhsa", max_len=8, tie_embeddings=True)
+    assert lm.head.weight is lm.embed.weight and lm.head.bias is None
+    assert float(lm.embed.weight.detach().std()) < 0.05
+    n_untied = sum(p.numel() for p in CausalLM(50, 16, 2, "mhsa", max_len=8).parameters())
+    assert sum(p.numel() for p in lm.parameters()) == n_untied - 50 * 16 - 50
+    lm(torch.randint(0, 50, (2, 8))).sum().backward()
+    assert lm.embed.weight.grad is not None
+
+
+def test_base_conv_is_a_gated_causal_convolution_with_a_residual() -> None:
+    conv = BaseConv(4, 2).double()
+    u = torch.randn(1, 5, 4, dtype=torch.float64)
+    w = conv.conv.conv.weight[:, 0]  # (C, k): y_t = w[:, 1] * u_t + w[:, 0] * u_{t-1} + bias
+    shifted = torch.cat([torch.zeros_like(u[:, :1]), u[:, :-1]], dim=1)
+    c = u * w[:, 1] + shifted * w[:, 0] + conv.conv.conv.bias
+    torch.testing.assert_close(conv(u), c * conv.proj(u) + u)
 
 
 def test_vit_cnn_mil_shapes() -> None:

@@ -151,6 +151,27 @@ def test_report_table_pareto_and_files(tmp_path: Path) -> None:
     }
 
 
+def test_trained_backbone_latency_feeds_the_table_and_pareto_plot(tmp_path: Path) -> None:
+    doc = run_eval(
+        "mqar", ["mhsa", "based", "se"], preset="tiny", steps=2, progress=False, latency=True
+    )
+    lat = doc["latency"]
+    assert (lat["batch_size"], lat["seq_len"]) == (32, doc["task"]["seq_len"])
+    assert set(lat["fwd_ms"]) == {"mhsa", "based"}  # se failed to build: nothing to time
+    assert all(t["median"] > 0 and t["runs"] >= 1 for t in lat["fwd_ms"].values())
+    rows = {r["mechanism"]: r for r in summarise(doc)}
+    assert rows["mhsa"]["fwd_ms"] == lat["fwd_ms"]["mhsa"]["median"] and rows["se"]["fwd_ms"] is None
+    table = markdown_table(doc)
+    assert "fwd ms (model, batch 32)" in table
+    assert f"| {lat['fwd_ms']['based']['median']:.2f} |" in table
+    names = {p.name for p in write_results(doc, tmp_path)}
+    assert "pareto.png" in names
+    report = (tmp_path / "report.md").read_text()
+    assert "(its configuration, fresh weights) on one batch of 32 test sequences" in report
+    assert "--latency" in report and "Pareto front (latency vs accuracy): " in report
+    assert "fwd ms (bench, N)" in markdown_table(doc, _bench())  # a bench.json takes precedence
+
+
 def _sweep_run(seed: int, lr: float, acc: float, hit: int | None, status: str = "ok") -> dict:
     run = {
         "mechanism": "based",
@@ -298,6 +319,17 @@ def test_cli_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """--target 0.99 --model-kwargs '{"short_conv": 2}' --mechanism-kwargs 'mhsa:{"num_heads": 4}'"""
     )
     assert repeat in (out / "report.md").read_text()
+    again = tmp_path / "again"
+    args = parser.parse_args(["eval", "--from", str(out / "results.json"), "--out", str(again)])
+    assert args.func(args) == 0
+    assert "| `mhsa` |" in capsys.readouterr().out and not (again / "pareto.png").exists()
+    redone = json.loads((again / "results.json").read_text())
+    assert redone["runs"] == doc["runs"]
+    assert [r["best_accuracy"] for r in redone["summary"]] == [r["best_accuracy"] for r in doc["summary"]]
+    (tmp_path / "bad.json").write_text("[1]")
+    args = parser.parse_args(["eval", "--from", str(tmp_path / "bad.json")])
+    assert args.func(args) == 2
+    assert "not a results.json" in capsys.readouterr().out
     args = parser.parse_args(["eval", "mqar", "--preset", "huge", "--no-progress"])
     assert args.func(args) == 2
     assert "no preset 'huge'" in capsys.readouterr().out

@@ -129,7 +129,14 @@ def test_catalog_presets_and_errors() -> None:
     headline = get_task("mqar").preset()  # Zoology's MQAR setting at width 64, see catalog docstring
     assert get_task("mqar").default_preset == "zoology-cpu"
     assert headline.data == {"vocab_size": 1024, "seq_len": 64, "num_kv_pairs": 16}
-    assert headline.model == {"width": 64, "depth": 2, "mlp_ratio": 0.0, "short_conv": 3}
+    assert headline.model == {  # Zoology's model: BaseConv block, mechanism block, tied, no positions
+        "width": 64,
+        "depth": 2,
+        "mlp_ratio": 0.0,
+        "base_conv": 3,
+        "positional": False,
+        "tie_embeddings": True,
+    }
     for name, p in get_task("mqar").presets.items():
         if name != "tiny":  # the CPU-sized range
             assert 256 <= p.data["vocab_size"] <= 8192 and 64 <= p.data["seq_len"] <= 256

@@ -2,8 +2,9 @@
 ``x + mlp(norm(x))`` (pre-norm, as in GPT-2, ViT and Zoology's ``TransformerBlock``).
 
 A sequence backbone may put a short causal depthwise convolution in front of the mixer
-(``x + mixer(conv(norm(x)))``), the token-shift that Based, Mamba and GLA stacks use (Zoology's
-``BaseConv``/short-conv hybrids); it is a backbone option, applied alike to every mechanism.
+(``x + mixer(conv(norm(x)))``), the token-shift that Based, Mamba and GLA stacks use; or it may
+interleave :class:`BaseConv` blocks with the mixer blocks, as Zoology's MQAR models do. Both are
+backbone options, applied alike to every mechanism.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MLP", "CausalShortConv", "MixerBlock"]
+__all__ = ["MLP", "BaseConv", "CausalShortConv", "MixerBlock"]
 
 
 class MLP(nn.Module):
@@ -43,6 +44,21 @@ class CausalShortConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+
+
+class BaseConv(nn.Module):
+    """Zoology's gated short convolution (Arora et al., 2023, "Zoology", Sec. 4), ``(B, N, C) ->
+    (B, N, C)``: ``y = conv_k(u) * (u W^T + b) + u`` with a causal depthwise convolution of kernel
+    ``k``; the product lets a token carry a gated copy of its ``k - 1`` predecessors, which is how a
+    following mixer finds the token after a key."""
+
+    def __init__(self, dim: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = CausalShortConv(dim, kernel_size)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.conv(u) * self.proj(u) + u
 
 
 class MixerBlock(nn.Module):

@@ -5,10 +5,11 @@ Examples::
 
     attnzoo eval --list
     attnzoo eval mqar --mechanisms mhsa,linear_attention,based      # preset zoology-cpu, the headline
-    attnzoo eval mqar --seeds 0,1,2 --jobs 2                         # 3 seeds x 2 learning rates, 2 at once
+    attnzoo eval mqar --seeds 0,1,2 --jobs 2 --latency               # 3 seeds x 3 learning rates, 2 at once
     attnzoo eval mqar --preset cpu --lrs 1e-3,3e-3,1e-2              # any preset with a learning-rate sweep
     attnzoo eval mqar --preset tiny --mechanisms mhsa --seeds 0,1 --bench reports/bench/bench.json
     attnzoo eval digits --mechanisms mhsa,se,eca --mechanism-kwargs 'mhsa:{"num_heads": 2}'
+    attnzoo eval --from reports/eval/mqar/results.json --bench reports/bench/bench.json  # re-render
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.list:
         _list_tasks()
         return 0
+    if args.from_json:
+        return _rerender(args)
     if args.task is None:
         print("attnzoo eval: name a task (see `attnzoo eval --list`)")
         return 2
@@ -90,6 +93,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             model=model,
             progress=not args.no_progress,
             jobs=args.jobs,
+            latency=args.latency,
         )
     except (KeyError, ValueError, OSError) as exc:
         print(f"attnzoo eval: {exc}")
@@ -102,6 +106,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"{run['mechanism']} (seed {run['seed']}): {run['error']}")
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0 if any(r["status"] == "ok" for r in doc["runs"]) else 1
+
+
+def _rerender(args: argparse.Namespace) -> int:
+    """Write the report of an earlier ``results.json`` again (with ``--bench``: the Pareto plot)."""
+    src = Path(args.from_json)
+    try:
+        doc = json.loads(src.read_text())
+        if not isinstance(doc, dict) or not {"task", "runs", "meta"} <= doc.keys():
+            raise ValueError(f"--from {src}: not a results.json written by `attnzoo eval`")
+        bench = json.loads(Path(args.bench).read_text()) if args.bench else None
+    except (OSError, json.JSONDecodeError, ValueError) as exc:
+        print(f"attnzoo eval: {exc}")
+        return 2
+    doc.pop("summary", None)
+    paths = write_results(doc, Path(args.out) if args.out else src.parent, bench)
+    print(markdown_table(doc, bench))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
 
 
 def add_eval_parser(subparsers: Any) -> None:
@@ -149,9 +171,25 @@ def add_eval_parser(subparsers: Any) -> None:
         "--model-kwargs",
         metavar="JSON",
         help="backbone settings for every mechanism alike, e.g. '{\"short_conv\": 3}' (sequence tasks: "
-        "width, depth, mlp_ratio, short_conv, positional)",
+        "width, depth, mlp_ratio, short_conv, base_conv, tie_embeddings, positional)",
     )
-    p.add_argument("--bench", metavar="PATH", help="bench.json from `attnzoo bench` for the Pareto plot")
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="after training, time each mechanism's backbone as trained (one batch of test data) for "
+        "the latency column and the Pareto plot",
+    )
+    p.add_argument(
+        "--bench",
+        metavar="PATH",
+        help="bench.json from `attnzoo bench`: its card-configuration latencies replace --latency's",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_json",
+        metavar="PATH",
+        help="re-render an earlier results.json (into its own directory unless --out) instead of training",
+    )
     p.add_argument("--out", help="output directory (default: reports/eval/<task>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)

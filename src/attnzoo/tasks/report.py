@@ -1,6 +1,8 @@
 """Turn an evaluation document (:func:`attnzoo.tasks.run_eval`) into a JSON file, a Markdown
-report with a README-ready table, and plots: accuracy over training, and accuracy against the
-benchmark's forward latency (a Pareto plot) when a ``bench.json`` is given."""
+report with a README-ready table, and plots: accuracy over training, and accuracy against forward
+latency (a Pareto plot). The latency is that of the backbone as trained, timed by ``run_eval(latency=True)``
+(``attnzoo eval --latency``), or, when a ``bench.json`` is given, the benchmark's figure for the
+mechanism's card configuration."""
 
 from __future__ import annotations
 
@@ -110,8 +112,20 @@ def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[
         if bench is not None:
             lat = bench_latency(bench, name, seq_len)
             row["fwd_ms"], row["bench_n"] = lat if lat else (None, None)
+        elif "latency" in doc:
+            timing = doc["latency"]["fwd_ms"].get(name)
+            row["fwd_ms"] = None if timing is None else float(timing["median"])
+            row["bench_n"] = doc["latency"]["seq_len"]
         rows.append(row)
     return rows
+
+
+def _latency_source(doc: dict[str, Any], bench: dict[str, Any] | None) -> str | None:
+    """Where a report's latencies come from: ``"bench"`` (a given ``bench.json``), ``"model"``
+    (the backbones as trained, timed by ``run_eval(latency=True)``) or ``None``."""
+    if bench is not None:
+        return "bench"
+    return "model" if "latency" in doc else None
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -137,8 +151,11 @@ def markdown_table(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> 
     if target is not None:
         cols.append(f"reached {target:g} (runs, median step)")
     cols.append("train s")
-    if bench is not None:
+    source = _latency_source(doc, bench)
+    if source == "bench":
         cols.append("fwd ms (bench, N)")
+    elif source == "model":
+        cols.append(f"fwd ms (model, batch {doc['latency']['batch_size']})")
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         if not r["ok"]:
@@ -159,8 +176,10 @@ def markdown_table(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> 
             step = "–" if r["steps_to_target"] is None else f"{r['steps_to_target']:g}"
             cells.append(f"{r['reached']}/{r['ok']}, {step}")
         cells.append(f"{r['train_seconds']:.1f}")
-        if bench is not None:
+        if source == "bench":
             cells.append("–" if r["fwd_ms"] is None else f"{r['fwd_ms']:.3f} @ {r['bench_n']}")
+        elif source == "model":
+            cells.append(_f(r["fwd_ms"], 2))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -213,11 +232,14 @@ def _plot_curves(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_pareto(doc: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> list[str]:
+def _plot_pareto(
+    doc: dict[str, Any], rows: list[dict[str, Any]], path: Path, bench: dict[str, Any] | None
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     pts = [
         (r["mechanism"], r["fwd_ms"], r["best_accuracy"])
@@ -237,7 +259,18 @@ def _plot_pareto(doc: dict[str, Any], rows: list[dict[str, Any]], path: Path) ->
         ax.legend(fontsize=8)
     t = doc["task"]
     ax.set_xscale("log")
-    ax.set_xlabel(f"forward latency, ms (attnzoo bench, card config, size closest to N={t.get('seq_len')})")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    if _latency_source(doc, bench) == "bench":
+        n = t.get("seq_len")
+        ax.set_xlabel(f"forward latency, ms (attnzoo bench, card config, size closest to N={n})")
+    else:
+        lat = doc["latency"]
+        ax.set_xlabel(
+            f"forward latency, ms (backbone as trained, batch {lat['batch_size']} x N={lat['seq_len']}, "
+            f"{lat['threads']} thread(s))"
+        )
     ax.set_ylabel("best test accuracy")
     ax.set_title(f"{t['name']} ({t['preset']}): quality vs cost")
     ax.grid(True, which="both", alpha=0.3)
@@ -268,6 +301,8 @@ def repeat_command(doc: dict[str, Any]) -> str:
         parts.append(f"--steps {budget['steps']} --lr {budget['lr']:g}")
     if budget.get("target") is not None:
         parts.append(f"--target {budget['target']:g}")
+    if "latency" in doc:
+        parts.append("--latency")
     if t.get("model_overrides"):
         parts.append(f"--model-kwargs '{json.dumps(t['model_overrides'])}'")
     parts += [f"--mechanism-kwargs '{name}:{json.dumps(kw)}'" for name, kw in kwargs.items()]
@@ -288,9 +323,10 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
     _plot_curves(doc, curves)
     written.append(curves)
     front: list[str] = []
-    if bench is not None:
+    source = _latency_source(doc, bench)
+    if source is not None:
         pareto = out_dir / "pareto.png"
-        front = _plot_pareto(doc, rows, pareto)
+        front = _plot_pareto(doc, rows, pareto, bench)
         written.append(pareto)
     t = doc["task"]
     m = doc["meta"]
@@ -315,11 +351,19 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
         f"- seeds: {t['seeds']}; torch {m['torch']}, {m['threads']} thread(s), {m['date']}",
         f"- repeat with: `{repeat_command(doc)}`",
     ]
-    if bench is not None:
+    if source == "bench":
         lines.append(
             "- latency: `attnzoo bench` forward median of each mechanism's card configuration at the "
             "measured size closest to the task's sequence length (not of the trained model)"
         )
+    elif source == "model":
+        lat = doc["latency"]
+        lines.append(
+            "- latency: forward median (eval mode, no grad) of each backbone as trained (its "
+            f"configuration, fresh weights) on one batch of {lat['batch_size']} test sequences of "
+            f"length {lat['seq_len']}, {lat['threads']} thread(s), one mechanism at a time after training"
+        )
+    if source is not None:
         lines.append(f"- Pareto front (latency vs accuracy): {', '.join(front) or '–'}")
     failed = [(r["mechanism"], e) for r in rows for e in r["errors"]]
     if failed:
@@ -332,7 +376,7 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
     if swept:
         lines += ["", "## Failed sweep runs (not chosen)", "", *swept]
     lines += ["", "![accuracy over training](accuracy.png)"]
-    if bench is not None:
+    if source is not None:
         lines.append("![accuracy vs latency](pareto.png)")
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")

@@ -25,14 +25,15 @@ from torch import nn
 from tqdm import tqdm
 
 import attnzoo
+from attnzoo.bench.measure import time_call
 from attnzoo.models import CausalLM, MILClassifier, SmallCNN, ViTTiny
 from attnzoo.tasks.catalog import Budget, Preset, check_lrs, get_task
 from attnzoo.tasks.data import IGNORE, Split, TaskData
 
-__all__ = ["MODEL_KEYS", "build_model", "evaluate", "run_eval", "train_one"]
+__all__ = ["MODEL_KEYS", "build_model", "evaluate", "model_latency", "run_eval", "train_one"]
 
 MODEL_KEYS: dict[str, set[str]] = {
-    "sequence": {"width", "depth", "mlp_ratio", "short_conv", "positional"},
+    "sequence": {"width", "depth", "mlp_ratio", "short_conv", "base_conv", "tie_embeddings", "positional"},
     "image": {"width", "depth", "mlp_ratio", "patch_size", "cnn_widths"},
     "mil": {"width"},
 }
@@ -58,6 +59,8 @@ def build_model(
             max_len=data.meta["seq_len"],
             mlp_ratio=m.get("mlp_ratio", 0.0),
             short_conv=m.get("short_conv", 0),
+            base_conv=m.get("base_conv", 0),
+            tie_embeddings=m.get("tie_embeddings", False),
             positional=m.get("positional", True),
             mixer_overrides=overrides,
         )
@@ -127,6 +130,35 @@ def evaluate(model: nn.Module, data: TaskData, batch_size: int = 256) -> float:
         total += t
     model.train(was)
     return correct / max(total, 1)
+
+
+def model_latency(
+    data: TaskData,
+    preset: Preset,
+    mechanism: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    batch_size: int,
+    repeats: int = 10,
+    budget_s: float = 10.0,
+) -> dict[str, float]:
+    """Forward wall time (ms: median, quartiles, min, runs) of ``mechanism``'s backbone, built as
+    :func:`train_one` builds it (fresh weights: the time does not depend on them), in eval mode
+    without gradients, on the first ``batch_size`` test examples of ``data`` (the forward pass and
+    its loss, as :func:`evaluate` runs it), timed with the benchmark's
+    :func:`~attnzoo.bench.measure.time_call` in this process's threads."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    torch.manual_seed(0)
+    model, _ = build_model(data, preset, mechanism, overrides)
+    model.eval()
+    batch = _batch(data.test, torch.arange(min(batch_size, data.size("test"))))
+
+    def fwd() -> None:
+        with torch.no_grad():
+            _loss_and_correct(model, data.kind, batch)
+
+    return time_call(fwd, warmup=2, repeats=repeats, budget_s=budget_s)
 
 
 def _lr_at(step: int, budget: Budget) -> float:
@@ -265,6 +297,7 @@ def run_eval(
     model: Mapping[str, Any] | None = None,
     progress: bool = True,
     jobs: int = 1,
+    latency: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``mechanisms`` on ``task`` and return the result document.
 
@@ -284,11 +317,15 @@ def run_eval(
         jobs: runs trained at once, each in its own worker process with
             ``max(1, torch.get_num_threads() // jobs)`` threads (recorded in ``meta``); a run's
             result does not depend on ``jobs`` beyond that thread count. ``1`` trains in this process.
+        latency: after training, time each mechanism's backbone (:func:`model_latency`, one
+            training-sized batch of test data, all of this process's threads, one mechanism at a
+            time) for the report's accuracy-vs-latency plot.
 
     Returns:
         ``{"meta": {...}, "task": {...}, "runs": [result, ...]}`` where ``meta`` records the
         versions, the machine, the threads and the date, and ``task`` the preset and data
-        configuration, so a run can be repeated.
+        configuration, so a run can be repeated; with ``latency``, also ``"latency": {"batch_size",
+        "seq_len", "threads", "fwd_ms": {mechanism: timing}}``.
     """
     spec = get_task(task)
     preset_name = preset or spec.default_preset
@@ -360,7 +397,7 @@ def run_eval(
             runs = [f.result() for f in tqdm(futures, desc=f"{spec.name}: runs", disable=not progress)]
     data_cfg = data.config if data is not None else {}
     meta_cfg = data.meta if data is not None else {}
-    return {
+    doc: dict[str, Any] = {
         "meta": {
             "attnzoo": attnzoo.__version__,
             "torch": torch.__version__,
@@ -386,3 +423,15 @@ def run_eval(
         },
         "runs": runs,
     }
+    if latency and data is not None:
+        doc["latency"] = {
+            "batch_size": budget.batch_size,
+            "seq_len": meta_cfg.get("seq_len"),
+            "threads": torch.get_num_threads(),
+            "fwd_ms": {
+                name: model_latency(data, p, name, overrides.get(name), batch_size=budget.batch_size)
+                for name in tqdm(names, desc=f"{spec.name}: latency", disable=not progress)
+                if any(r["mechanism"] == name and r["status"] == "ok" for r in runs)
+            },
+        }
+    return doc
