@@ -167,9 +167,13 @@ def test_trained_backbone_latency_feeds_the_table_and_pareto_plot(tmp_path: Path
     names = {p.name for p in write_results(doc, tmp_path)}
     assert "pareto.png" in names
     report = (tmp_path / "report.md").read_text()
-    assert "(its configuration, fresh weights) on one batch of 32 test sequences" in report
+    assert "(its configuration, fresh weights) on one batch of 32 test examples of length" in report
     assert "--latency" in report and "Pareto front (latency vs accuracy): " in report
     assert "fwd ms (bench, N)" in markdown_table(doc, _bench())  # a bench.json takes precedence
+    image = run_eval("digits", ["se"], preset="tiny", steps=2, progress=False, latency=True)
+    assert set(image["latency"]["fwd_ms"]) == {"se"} and image["latency"]["seq_len"] is None
+    write_results(image, tmp_path / "digits")
+    assert "one batch of 32 test examples, " in (tmp_path / "digits" / "report.md").read_text()
 
 
 def _sweep_run(seed: int, lr: float, acc: float, hit: int | None, status: str = "ok") -> dict:

@@ -267,8 +267,9 @@ def _plot_pareto(
         ax.set_xlabel(f"forward latency, ms (attnzoo bench, card config, size closest to N={n})")
     else:
         lat = doc["latency"]
+        length = f" x N={lat['seq_len']}" if lat.get("seq_len") else ""
         ax.set_xlabel(
-            f"forward latency, ms (backbone as trained, batch {lat['batch_size']} x N={lat['seq_len']}, "
+            f"forward latency, ms (backbone as trained, batch {lat['batch_size']}{length}, "
             f"{lat['threads']} thread(s))"
         )
     ax.set_ylabel("best test accuracy")
@@ -358,10 +359,11 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
         )
     elif source == "model":
         lat = doc["latency"]
+        length = f" of length {lat['seq_len']}" if lat.get("seq_len") else ""
         lines.append(
             "- latency: forward median (eval mode, no grad) of each backbone as trained (its "
-            f"configuration, fresh weights) on one batch of {lat['batch_size']} test sequences of "
-            f"length {lat['seq_len']}, {lat['threads']} thread(s), one mechanism at a time after training"
+            f"configuration, fresh weights) on one batch of {lat['batch_size']} test examples{length}, "
+            f"{lat['threads']} thread(s), one mechanism at a time after training"
         )
     if source is not None:
         lines.append(f"- Pareto front (latency vs accuracy): {', '.join(front) or '–'}")

@@ -426,7 +426,7 @@ def run_eval(
     if latency and data is not None:
         doc["latency"] = {
             "batch_size": budget.batch_size,
-            "seq_len": meta_cfg.get("seq_len"),
+            "seq_len": meta_cfg.get("seq_len") if spec.kind == "sequence" else None,
             "threads": torch.get_num_threads(),
             "fwd_ms": {
                 name: model_latency(data, p, name, overrides.get(name), batch_size=budget.batch_size)
