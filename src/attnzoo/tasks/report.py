@@ -63,7 +63,9 @@ def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[
     """One row per mechanism (in run order), aggregated over seeds after picking each seed's best
     learning rate (:func:`selected_runs`): mean best/final accuracy, their spread, the worst
     seed, the chosen learning rates, runs reaching the target, median steps to the target,
-    params, train time (of the chosen runs) and, with ``bench``, forward latency."""
+    params, train time (of the chosen runs) and, when the report has latencies (a ``bench``, or
+    the document's own from ``run_eval(latency=True)``; see :func:`_latency_source`), the
+    forward latency."""
     order: list[str] = []
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in selected_runs(doc):
@@ -78,6 +80,7 @@ def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[
             failed_sweep_runs[run["mechanism"]] = failed_sweep_runs.get(run["mechanism"], 0) + 1
     rows = []
     seq_len = doc["task"].get("seq_len")
+    source = _latency_source(doc, bench)
     for name in order:
         runs = groups[name]
         ok = [r for r in runs if r["status"] == "ok"]
@@ -109,10 +112,10 @@ def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[
                 ),
                 train_seconds=statistics.fmean(r["train_seconds"] for r in ok),
             )
-        if bench is not None:
+        if source == "bench":
             lat = bench_latency(bench, name, seq_len)
             row["fwd_ms"], row["bench_n"] = lat if lat else (None, None)
-        elif "latency" in doc:
+        elif source == "model":
             timing = doc["latency"]["fwd_ms"].get(name)
             row["fwd_ms"] = None if timing is None else float(timing["median"])
             row["bench_n"] = doc["latency"]["seq_len"]
@@ -232,9 +235,7 @@ def _plot_curves(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_pareto(
-    doc: dict[str, Any], rows: list[dict[str, Any]], path: Path, bench: dict[str, Any] | None
-) -> list[str]:
+def _plot_pareto(doc: dict[str, Any], rows: list[dict[str, Any]], path: Path, source: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,7 +263,7 @@ def _plot_pareto(
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
-    if _latency_source(doc, bench) == "bench":
+    if source == "bench":
         n = t.get("seq_len")
         ax.set_xlabel(f"forward latency, ms (attnzoo bench, card config, size closest to N={n})")
     else:
@@ -327,7 +328,7 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
     source = _latency_source(doc, bench)
     if source is not None:
         pareto = out_dir / "pareto.png"
-        front = _plot_pareto(doc, rows, pareto, bench)
+        front = _plot_pareto(doc, rows, pareto, source)
         written.append(pareto)
     t = doc["task"]
     m = doc["meta"]

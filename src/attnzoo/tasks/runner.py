@@ -359,17 +359,14 @@ def run_eval(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     threads = torch.get_num_threads() if jobs == 1 else max(1, torch.get_num_threads() // jobs)
-    plan = [(seed, name, run_budget) for seed in seeds for name in names for run_budget in budgets]
     data = spec.generate(preset_name, seed=seeds[0]) if seeds else None
     if jobs == 1:
         runs = []
-        current = (seeds[0], data) if data is not None else None
-        for seed, name, run_budget in plan:
-            if current is None or current[0] != seed:
-                current = (seed, spec.generate(preset_name, seed=seed))
-            runs.append(
+        for seed in seeds:
+            seed_data = data if seed == seeds[0] else spec.generate(preset_name, seed=seed)
+            runs += [
                 train_one(
-                    current[1],
+                    seed_data,
                     p,
                     name,
                     seed=seed,
@@ -377,7 +374,9 @@ def run_eval(
                     overrides=overrides.get(name),
                     progress=progress,
                 )
-            )
+                for name in names
+                for run_budget in budgets
+            ]
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
             futures = [
@@ -392,7 +391,9 @@ def run_eval(
                     overrides.get(name),
                     threads,
                 )
-                for seed, name, run_budget in plan
+                for seed in seeds
+                for name in names
+                for run_budget in budgets
             ]
             runs = [f.result() for f in tqdm(futures, desc=f"{spec.name}: runs", disable=not progress)]
     data_cfg = data.config if data is not None else {}
