@@ -79,6 +79,8 @@ def test_tied_embeddings_share_one_small_table() -> None:
     assert sum(p.numel() for p in lm.parameters()) == n_untied - 50 * 16 - 50
     lm(torch.randint(0, 50, (2, 8))).sum().backward()
     assert lm.embed.weight.grad is not None
+    with pytest.raises(TypeError, match="tie_embeddings"):
+        CausalLM(50, 16, 2, "mhsa", max_len=8, tie_embeddings="yes")  # type: ignore[arg-type]
 
 
 def test_base_conv_is_a_gated_causal_convolution_with_a_residual() -> None:

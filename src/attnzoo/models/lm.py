@@ -64,6 +64,8 @@ class CausalLM(nn.Module):
                 raise ValueError(f"{arg} must be a positive int, got {value!r}")
         if isinstance(base_conv, bool) or not isinstance(base_conv, int) or base_conv < 0:
             raise ValueError(f"base_conv must be a non-negative int, got {base_conv!r}")
+        if not isinstance(tie_embeddings, bool):
+            raise TypeError(f"tie_embeddings must be a bool, got {tie_embeddings!r}")
         if base_conv and depth < 2:
             raise ValueError(f"base_conv={base_conv} alternates blocks and needs depth >= 2, got {depth}")
         self.vocab_size = vocab_size
