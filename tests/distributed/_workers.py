@@ -43,7 +43,7 @@ def run(rank: int, world: int, port: int, scenarios: list[str]) -> None:
     try:
         for name in scenarios:
             try:
-                SCENARIOS[name](rank, world)
+                {**SCENARIOS, **HARNESS_CHECKS}[name](rank, world)
             except (Exception, pytest.fail.Exception) as err:
                 raise AssertionError(f"scenario {name!r} failed on rank {rank} of {world}") from err
             dist.barrier()
@@ -391,6 +391,12 @@ def errors(rank: int, world: int) -> None:
     assert out.shape == q.shape
 
 
+def hang(rank: int, world: int) -> None:
+    """Rank 0 waits for a message nobody sends: the harness's timeout must end it."""
+    if rank == 0:
+        dist.recv(torch.zeros(1), src=1)
+
+
 SCENARIOS: dict[str, Callable[[int, int], None]] = {
     "ring": ring,
     "ring_end_to_end": ring_end_to_end,
@@ -401,3 +407,6 @@ SCENARIOS: dict[str, Callable[[int, int], None]] = {
     "helpers": helpers,
     "errors": errors,
 }
+
+# scenarios that test the harness itself (not run as attnzoo checks)
+HARNESS_CHECKS: dict[str, Callable[[int, int], None]] = {"hang": hang}

@@ -5,7 +5,10 @@ The scenarios themselves live in tests/distributed/_workers.py (spawned processe
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
+import sys
+import time
 
 import pytest
 import torch
@@ -23,10 +26,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+TIMEOUT_S = 180.0
+# Each scenario gets fresh processes; forked from a server that imported torch and the scenarios
+# once, they start in well under a second instead of re-importing torch each time.
+START = "forkserver" if sys.platform.startswith("linux") else "spawn"
+if START == "forkserver":
+    multiprocessing.set_forkserver_preload(["tests.distributed._workers"])
+
+
+def _spawn(world: int, scenario: str, timeout: float = TIMEOUT_S) -> None:
+    """Run one scenario on ``world`` fresh gloo processes; fail (killing them) after ``timeout``."""
+    context = mp.start_processes(
+        _workers.run, args=(world, _free_port(), [scenario]), nprocs=world, join=False, start_method=START
+    )
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"scenario {scenario!r} on {world} processes did not finish within {timeout:.0f} s")
+
+
+@pytest.mark.parametrize("scenario", sorted(_workers.SCENARIOS))
 @pytest.mark.parametrize("world", [2, 3])
-def test_scenarios(world: int) -> None:
-    scenarios = sorted(_workers.SCENARIOS)
-    mp.spawn(_workers.run, args=(world, _free_port(), scenarios), nprocs=world, join=True)
+def test_scenario(world: int, scenario: str) -> None:
+    _spawn(world, scenario)
+
+
+def test_a_hanging_scenario_fails_within_its_timeout() -> None:
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="did not finish within 5 s"):
+        _spawn(2, "hang", timeout=5.0)
+    assert time.monotonic() - start < 60.0
 
 
 def test_uninitialised_process_group_is_a_clear_error() -> None:
