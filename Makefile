@@ -3,15 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-TORCH_CPU := torch==2.13.0
+# torch 2.14.1 + torchvision 0.29.1 lie on disk for Python 3.11 (a CUDA build that runs on the CPU);
+# torchvision is needed by timm, and PyPI's torchvision does not import beside the 2.13.0 CPU wheel.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast lint readme clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	# The CPU wheel first, so that the project's torch range never pulls a CUDA build.
-	$(PIP) install --quiet $(TORCH_CPU)
+	# The pinned torch first, so that the project's torch range never pulls another build.
+	$(PIP) install --quiet $(TORCH_PIN)
 	$(PIP) install --quiet -e ".[dev]"
 	# Test oracle, source-only: built against the installed torch (an isolated build would pull CUDA torch).
 	$(PIP) install --quiet --no-build-isolation natten==0.21.7

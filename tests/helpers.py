@@ -6,9 +6,10 @@
 * :func:`assert_steps_match_forward`: token-by-token ``step`` decoding reproduces the full forward.
 * :func:`randomise`, :func:`randomise_seeded`: replace every parameter by ``N(0, 0.3^2)`` draws (the
   former from the global RNG, the latter from its own seeded generator).
-* :func:`tiny_llama`, :func:`tiny_vit`, :func:`tiny_clip_vision`: tiny randomly initialised
-  Hugging Face ``transformers`` models built from config objects (nothing downloads); the caller
-  skips when ``transformers`` is missing (``pytest.importorskip``) and seeds as it needs.
+* :func:`tiny_llama`, :func:`tiny_mistral`, :func:`tiny_vit`, :func:`tiny_clip_vision`: tiny
+  randomly initialised Hugging Face ``transformers`` models built from config objects (nothing
+  downloads); the caller skips when ``transformers`` is missing (``pytest.importorskip``) and seeds
+  as it needs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "randomise_seeded",
     "tiny_clip_vision",
     "tiny_llama",
+    "tiny_mistral",
     "tiny_vit",
 ]
 
@@ -116,6 +118,27 @@ def tiny_llama(*, num_hidden_layers: int, **extra: Any) -> torch.nn.Module:
         **extra,
     )
     return transformers.LlamaForCausalLM(config).eval()
+
+
+def tiny_mistral(*, num_hidden_layers: int, sliding_window: int, **extra: Any) -> torch.nn.Module:
+    """A tiny ``MistralForCausalLM`` with the shapes of :func:`tiny_llama` (so a Llama's weights load
+    into it) and Mistral's sliding-window attention of ``sliding_window`` keys, in eval mode."""
+    import transformers
+
+    config = transformers.MistralConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=50,
+        max_position_embeddings=64,
+        sliding_window=sliding_window,
+        attn_implementation="eager",
+        **extra,
+    )
+    return transformers.MistralForCausalLM(config).eval()
 
 
 def _tiny_vision_config(config_class: Any, *, num_hidden_layers: int, image_size: int) -> Any:

@@ -5,7 +5,9 @@ family contract by registering it. Per-mechanism overrides come from ``card.conf
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,16 @@ from torch import nn
 
 import attnzoo
 from attnzoo.inputs import Example, default_size, example_inputs
+from attnzoo.integrations import IntegrationError
+from attnzoo.integrations.export import (
+    contract_axes,
+    dynamic_axes,
+    export_onnx,
+    export_program,
+    fixed_size_reason,
+    run_onnx,
+    skip_reason,
+)
 from attnzoo.registry import Card
 
 NAMES = attnzoo.list_mechanisms()
@@ -225,6 +237,89 @@ def test_compile_matches_eager(name: str) -> None:
     with torch.no_grad():
         for a, b in zip(_run(compiled, ex), _run(module, ex)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- export
+
+
+def _export_examples(card: Card, module: nn.Module) -> list[Example]:
+    """The example a program is traced with, then other batches, and another size when the
+    mechanism's sizes are dynamic (grown: a program covers the size class it was traced in)."""
+    size = default_size(card)
+    other = tuple(2 * s + 1 for s in size) if dynamic_axes(module) else size
+    gen = torch.Generator().manual_seed(2)
+    return [
+        _inputs(module),
+        example_inputs(module, batch=3, size=other, generator=gen),
+        example_inputs(module, batch=1, size=size, generator=gen),
+    ]
+
+
+def _program_module(program: torch.export.ExportedProgram, module: nn.Module, ex: Example) -> nn.Module:
+    # torch 2.14 cannot build the guard check for inputs passed through **kwargs (see export.py)
+    named = inspect.signature(module.forward).parameters
+    return program.module(check_guards=all(k in named for k in ex.kwargs))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_matches_eager(name: str) -> None:
+    """The torch.export program equals eager on its example, on other batches and (with dynamic
+    sizes) on another size; a declared failure must still fail."""
+    card = _card(name)
+    module = _build(card)
+    examples = _export_examples(card, module)
+    if skip_reason(card, "export"):
+        with pytest.raises(IntegrationError, match=card.name):
+            export_program(module, examples[0])
+        return
+    program = export_program(module, examples[0])
+    run = _program_module(program, module, examples[0])
+    with torch.no_grad():
+        for ex in examples:
+            for a, b in zip(_outputs(run(*ex.args, **ex.kwargs)), _run(module, ex), strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [n for n in NAMES if fixed_size_reason(attnzoo.card(n)) and not skip_reason(attnzoo.card(n), "export")],
+)
+def test_export_fixed_sizes_are_needed(name: str) -> None:
+    """A card that fixes the sizes at export is right: with them dynamic, torch.export fails or
+    the program rejects another size."""
+    card = _card(name)
+    module = _build(card)
+    axes = contract_axes(module)
+    assert axes, f"{name} declares fixed sizes but its family contract has no size axis"
+    try:
+        program = export_program(module, _inputs(module), dynamic=axes)
+    except IntegrationError as error:
+        assert card.name in str(error)
+        return
+    other = example_inputs(module, size=tuple(2 * s + 1 for s in default_size(card)))
+    with pytest.raises(AssertionError, match="Guard failed"):
+        _program_module(program, module, other)(*other.args, **other.kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_matches_eager(name: str, tmp_path: Path) -> None:
+    """The ONNX model run by onnxruntime equals eager (float32, 1e-4) on its example and on the
+    other batches and sizes; a declared failure must still fail."""
+    card = _card(name)
+    module = _build(card)
+    examples = _export_examples(card, module)
+    path = tmp_path / f"{name}.onnx"
+    if skip_reason(card, "export") or skip_reason(card, "onnx"):
+        with pytest.raises(IntegrationError, match=card.name):
+            export_onnx(module, path, examples[0])
+        return
+    export_onnx(module, path, examples[0])
+    with torch.no_grad():
+        for ex in examples:
+            for a, b in zip(run_onnx(path, ex), _run(module, ex), strict=True):
+                torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- bad input

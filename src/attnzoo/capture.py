@@ -9,12 +9,15 @@ capture (``model.named_modules()``), so the same names work for analysis and plo
         model(x, size=(14, 14))
     cap["blocks.0.attn"][0].probs  # (B, h, N_q, N_k)
 
-Hugging Face ``transformers`` models run with eager attention are captured the same way: while a
+Hugging Face ``transformers`` models are captured the same way when they run eager attention or
+one of attnzoo's implementations (``attnzoo_mhsa`` and the others of :mod:`attnzoo.integrations.hf`,
+``attnzoo_edit``; all listed in :data:`attnzoo.analysis.hf.PROBABILITY_IMPLEMENTATIONS`). While a
 capture of such a model is active, the eager attention function its attention modules call is
-wrapped (see :mod:`attnzoo.analysis.hf`) so that each call reports its probabilities, and on
-request its pre-softmax scores, values and allowed-key mask, under the attention module's name::
+wrapped (see :mod:`attnzoo.analysis.hf`), and attnzoo's implementations compute through the
+recording kernels; either way each call reports its probabilities, its allowed-key mask (when the
+call is masked) and, on request, its pre-softmax scores and values, under the attention module's name::
 
-    model = AutoModel.from_pretrained(path, attn_implementation="eager")
+    model = AutoModel.from_pretrained(path, attn_implementation="eager")  # or "attnzoo_mhsa"
     with attnzoo.capture(model, values=True, hidden=True) as cap:
         model(**batch)
     cap["encoder.layer.3.attention.self"][0].probs
@@ -89,9 +92,10 @@ class capture:
 
     Args:
         model: the model whose module names label the records (optional). A Hugging Face
-            ``transformers`` model must use eager attention (``attn_implementation="eager"``);
-            without ``model``, ``transformers`` attention is still recorded (as ``"<unnamed>"``)
-            but its implementation is not checked.
+            ``transformers`` model must use eager attention (``attn_implementation="eager"``) or an
+            ``attnzoo_*`` implementation (``ValueError`` otherwise, e.g. for ``"sdpa"``); without
+            ``model``, ``transformers`` attention is still recorded (as ``"<unnamed>"``) but its
+            implementation is not checked.
         scores: also keep pre-softmax scores.
         detach: store detached copies (default) so captured tensors hold no graph.
         values: also keep the values each attention matrix averages (where the site reports them).

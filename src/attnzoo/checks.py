@@ -3,7 +3,10 @@
 All checks raise :class:`TypeError` for a wrong type or dtype and :class:`ValueError` for a wrong
 shape or value, before any computation, so that a bad call never fails deep inside ``torch``.
 The finiteness check can be switched off globally (``attnzoo.checks.set_finite_check(False)``)
-where its one reduction per call matters; it is skipped while ``torch.compile`` traces.
+where its one reduction per call matters. Checks that read tensor *values* (finiteness, signs, an
+all-masked row) are skipped while ``torch.compile`` or ``torch.export`` (and so the ONNX exporter)
+traces, see :func:`tracing`: a traced graph cannot branch on data, so a compiled or exported
+program does not validate values; shapes, ranks and dtypes are still checked at trace time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ __all__ = [
     "check_tensor",
     "finite_check_enabled",
     "set_finite_check",
+    "tracing",
 ]
 
 _FINITE_CHECK = True
@@ -32,6 +36,11 @@ def set_finite_check(enabled: bool) -> None:
 def finite_check_enabled() -> bool:
     """Whether mechanisms reject inputs that contain NaN or Inf."""
     return _FINITE_CHECK
+
+
+def tracing() -> bool:
+    """True while ``torch.compile`` or ``torch.export`` traces; value checks are then skipped."""
+    return torch.compiler.is_compiling()
 
 
 def check_tensor(
@@ -74,7 +83,7 @@ def check_tensor(
                 )
     if nonempty and x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-    if finite and _FINITE_CHECK and x.is_floating_point() and not torch.compiler.is_compiling():
+    if finite and _FINITE_CHECK and x.is_floating_point() and not tracing():
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or Inf values")
     return x

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from attnzoo.capture import module_scope
-from attnzoo.checks import check_size, check_tensor
+from attnzoo.checks import check_size, check_tensor, tracing
 
 __all__ = [
     "CrossAttention",
@@ -195,7 +195,7 @@ class Pooling(Mechanism):
         check_tensor(x, "x", ndim=3)
         _check_channels(x, 2, self.dim, "x", "dim")
         mask = _check_mask(mask, x.shape[0], x.shape[1])
-        if mask is not None and not bool(mask.any(dim=1).all()):
+        if mask is not None and not tracing() and not bool(mask.any(dim=1).all()):
             raise ValueError("mask leaves a bag with no instance: every row needs at least one True")
         with module_scope(self):
             return self.compute(x, mask, **extra)

@@ -72,6 +72,8 @@ class Card:
         layouts: input layouts accepted (``"BNC"``, ``"BCHW"``, ``"BHWC"``, ...).
         spatial_dims: 1 for sequences, 2 for (H, W) grids, 3 for volumes, 0 for set-like inputs.
         causal: whether a causal variant exists (sequence mixers take ``causal=`` at construction).
+        causal_only: whether the mechanism is causal only (``causal=False`` is refused), so it cannot
+            mix the tokens of an image or of a bidirectional encoder.
         variable_size: whether one module accepts inputs of any size.
         ledger: one line per deviation between attnzoo, the paper and the official code.
         tiny: constructor kwargs for a tiny instance (conformance suite, gradcheck).
@@ -100,6 +102,7 @@ class Card:
     layouts: tuple[str, ...] = ("BNC",)
     spatial_dims: int = 1
     causal: bool = False
+    causal_only: bool = False
     variable_size: bool = True
     ledger: tuple[str, ...] = ()
     tiny: Mapping[str, Any] = field(default_factory=dict)
@@ -118,6 +121,8 @@ class Card:
             )
         if self.parity == "official" and not self.parity_fixtures:
             raise ValueError(f"card {self.name!r}: parity='official' needs parity_fixtures")
+        if self.causal_only and not self.causal:
+            raise ValueError(f"card {self.name!r}: causal_only=True needs causal=True")
         if self.spatial_dims not in (0, 1, 2, 3):
             raise ValueError(f"card {self.name!r}: spatial_dims must be 0, 1, 2 or 3")
         for attr in ("tiny", "bench", "conformance"):

@@ -5,7 +5,15 @@ import itertools
 import pytest
 import torch
 
-from attnzoo.inference.pine import PINEAttention, PineLayout, pine_attention, pine_model, rope_inv_freq
+from attnzoo.inference.pine import (
+    PINEAttention,
+    PineLayout,
+    pine_attention,
+    pine_attention_rotated,
+    pine_model,
+    rope_inv_freq,
+    rotary_embedding,
+)
 from attnzoo.kernels.attention import attention_reference
 
 PREFIX, DOCS = 3, (4, 2, 5)
@@ -97,7 +105,7 @@ def test_tiny_llama_answer_invariant_to_document_order(tiny_llama: torch.nn.Modu
         with pine_model(tiny_llama, PREFIX, DOCS):
             a = tiny_llama(ids).logits
             pre = tiny_llama(ids[:, :-1], use_cache=True)
-            step = tiny_llama(ids[:, -1:], past_key_values=pre.past_key_values, use_cache=True).logits
+            step = tiny_llama(ids[:, -1:], cache=pre.cache, use_cache=True).logits
         with pine_model(tiny_llama, PREFIX, permuted_docs):
             b = tiny_llama(ids[:, perm]).logits
         with pine_model(tiny_llama, n, ()):
@@ -108,3 +116,35 @@ def test_tiny_llama_answer_invariant_to_document_order(tiny_llama: torch.nn.Modu
     torch.testing.assert_close(step[:, -1], a[:, -1], atol=1e-10, rtol=1e-8)
     torch.testing.assert_close(causal, plain, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(plain[:, -1], a[:, -1], atol=1e-4)
+
+
+def test_pine_attention_rotated_undoes_the_models_rope(tiny_llama: torch.nn.Module) -> None:
+    tiny_llama.double()
+    rotary = rotary_embedding(tiny_llama)
+    assert rotary is tiny_llama.model.rotary_emb
+    g = torch.Generator().manual_seed(5)
+    n = PREFIX + sum(DOCS) + 2
+    q = torch.randn(1, 4, n, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, n, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    pos = torch.arange(n)
+    rq, rk = _rotate(q, pos, rotary.inv_freq), _rotate(k, pos, rotary.inv_freq)  # as the model's attention
+    layout = PineLayout(PREFIX, DOCS)
+    expected = pine_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), layout)
+    torch.testing.assert_close(pine_attention_rotated(rq, rk, v, layout, rotary), expected)
+    torch.testing.assert_close(
+        pine_attention_rotated(rq[:, :, -3:], rk, v, layout, rotary), expected[:, :, -3:]
+    )
+    with pytest.raises(ValueError, match="head count dividing the 4 query heads"):
+        pine_attention_rotated(rq, rk[:, :1].expand(1, 3, n, 8), v[:, :1].expand(1, 3, n, 8), layout, rotary)
+
+
+def test_rotary_embedding_refuses_scaled_or_missing_rope() -> None:
+    from tests import helpers
+
+    scaled = helpers.tiny_llama(num_hidden_layers=1, rope_parameters={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ValueError, match="LlamaForCausalLM has 'linear' RoPE"):
+        rotary_embedding(scaled)
+    with pytest.raises(ValueError, match="'linear' RoPE"), pine_model(scaled, 1, (2,)):
+        pass
+    with pytest.raises(ValueError, match="Linear has none"):
+        rotary_embedding(torch.nn.Linear(2, 2))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from attnzoo.inference.var import (
+    PrefillSinks,
     VisualAttentionRedistribution,
     image_centric_rows,
     redistribute,
@@ -86,6 +87,26 @@ def test_bad_image_span() -> None:
         image_centric_rows(probs, torch.zeros(1, 8), 1, 3)
 
 
+class _Layer(torch.nn.Module):
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+
+def test_prefill_sinks_detects_at_prefill_and_keeps_them_for_decode_steps() -> None:
+    seen: list[torch.Tensor] = []
+    hook = PrefillSinks(VisualAttentionRedistribution(dim_sink=[3], tau=3.0), on_prefill=seen.append)
+    layer = _Layer()
+    layer.register_forward_pre_hook(hook, with_kwargs=True)
+    assert hook.sinks is None
+    layer(_hidden(1, 8, 16, (0, 5)))
+    prefill = hook.sinks
+    assert prefill is not None and prefill[0].nonzero().flatten().tolist() == [0, 5]
+    layer(_hidden(1, 1, 16, (0,), seed=1))  # a decode step (one token, itself a sink) keeps the prefill set
+    assert hook.sinks is prefill and len(seen) == 1
+    layer(hidden_states=_hidden(1, 6, 16, (2,), seed=2))  # a new prefill, passed by keyword
+    assert hook.sinks[0].nonzero().flatten().tolist() == [2] and len(seen) == 2 and seen[-1] is hook.sinks
+
+
 def test_var_on_tiny_llama(tiny_llama: torch.nn.Module) -> None:
     ids = torch.randint(0, 50, (1, 14), generator=torch.Generator().manual_seed(2))
     kw = {"dim_sink": [0, 1, 2, 3], "tau": 1.0, "rho": 1.0, "summ": 0.0}
@@ -96,7 +117,7 @@ def test_var_on_tiny_llama(tiny_llama: torch.nn.Module) -> None:
         with var_model(tiny_llama, 2, 6, p=0.3, layers=[0, 1, 2], **kw) as sinks:
             pre = tiny_llama(ids[:, :-1], use_cache=True)
             prefill_sinks = {k: v.clone() for k, v in sinks.items()}
-            tiny_llama(ids[:, -1:], past_key_values=pre.past_key_values, use_cache=True)
+            tiny_llama(ids[:, -1:], cache=pre.cache, use_cache=True)
             changed = tiny_llama(ids).logits
     torch.testing.assert_close(same, plain, atol=1e-5, rtol=1e-5)
     assert sorted(prefill_sinks) == [0, 1, 2] and all(v.shape == (1, 13) for v in prefill_sinks.values())

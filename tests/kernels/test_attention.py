@@ -1,11 +1,13 @@
-"""The SDPA path of kernels.attention agrees with the naive float64 reference."""
+"""The SDPA path of kernels.attention agrees with the naive float64 reference; captures carry the mask."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import attnzoo
 from attnzoo.kernels import attention, attention_reference, causal_mask, merge_heads, split_heads
+from attnzoo.kernels.attention import allowed_keys
 
 
 def _qkv(
@@ -88,3 +90,30 @@ def test_gradients_match_reference() -> None:
     grads_ref = torch.autograd.grad(attention_reference(q, k, v, bias=bias).sum(), (q, k, v))
     for a, b in zip(grads_fast, grads_ref):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_capture_records_the_allowed_keys() -> None:
+    q, k, v = _qkv()
+    g = torch.Generator().manual_seed(2)
+    mask = torch.rand(2, 1, 7, 9, generator=g) > 0.3
+    mask[..., -1] = True
+    bias = torch.randn(1, 3, 7, 9, generator=g, dtype=torch.float64)
+    bias[..., 0] = torch.finfo(torch.float64).min  # a transformers additive mask hides key 0
+    bias[..., 1] = float("-inf")
+    bias[..., 2] = -50.0  # a large negative bias still allows key 2
+    hidden_by_bias = torch.ones(1, 3, 7, 9, dtype=torch.bool)
+    hidden_by_bias[..., :2] = False
+    with attnzoo.capture() as cap:
+        attention(q, k, v, mask=mask, causal=True)
+        attention_reference(q, k, v, bias=bias)
+        attention(q, k, v, mask=mask, bias=bias)
+        attention(q, k, v)
+    masked, biased, both, plain = cap.records
+    assert torch.equal(masked.mask, mask & causal_mask(7, 9))
+    assert torch.equal(biased.mask, hidden_by_bias)
+    assert torch.equal(both.mask, mask & hidden_by_bias)
+    assert plain.mask is None
+    for rec in (masked, biased, both):
+        assert torch.equal(rec.probs > 0, rec.mask.expand_as(rec.probs))
+    assert torch.equal(allowed_keys(q, k, mask=mask, bias=bias, causal=True), masked.mask & hidden_by_bias)
+    assert allowed_keys(q, k) is None

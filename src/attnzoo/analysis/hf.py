@@ -14,8 +14,11 @@ function wrapped so that each call
   key/value heads expanded to the query heads) only when a capture keeps them.
 
 The wrapped call passes its arguments unchanged to the model's eager function, so outputs are
-bit-identical with and without capture. Models loaded with ``sdpa``/flash attention do not return
-probabilities; :func:`require_eager` refuses them with the fix instead of silently recording nothing.
+bit-identical with and without capture. A model running one of attnzoo's own implementations
+(``attnzoo_mhsa`` and the others of :mod:`attnzoo.integrations.hf`, or ``attnzoo_edit``) needs no
+wrapping: its attention functions compute through attnzoo's kernels, which record under the module's
+name. Models loaded with ``sdpa``/flash attention do not return probabilities; :func:`require_eager`
+refuses them with the fix instead of silently recording nothing.
 
 Limits: the recorded ``probs`` are what the eager function returns (after attention dropout in
 training mode); the recorded ``scores`` are recomputed as ``scaling * Q K^T + mask``, so for models
@@ -34,6 +37,7 @@ import torch
 from torch import nn
 
 from attnzoo.capture import capturing, module_scope, record, wants
+from attnzoo.integrations._hf_names import IMPLEMENTATIONS
 
 __all__ = [
     "HeadEdit",
@@ -88,26 +92,34 @@ def uses_transformers(model: nn.Module) -> bool:
     return bool(_configured(model))
 
 
-# Implementations that return attention probabilities: transformers' eager attention and the
-# edit implementation of :mod:`attnzoo.inference.hf_edit` (which records its own maps).
-PROBABILITY_IMPLEMENTATIONS = ("eager", "attnzoo_edit")
+# Implementations whose attention probabilities a capture records: transformers' eager attention
+# (wrapped here), the edit implementation of :mod:`attnzoo.inference.hf_edit` and the implementations
+# of :mod:`attnzoo.integrations.hf` (both compute through attnzoo's recording kernels).
+PROBABILITY_IMPLEMENTATIONS = ("eager", "attnzoo_edit", *IMPLEMENTATIONS)
 
 
-def require_eager(model: nn.Module) -> None:
-    """Raise ``ValueError`` unless every ``transformers`` config in ``model`` selects an attention
-    implementation that returns probabilities (:data:`PROBABILITY_IMPLEMENTATIONS`)."""
+def require_eager(
+    model: nn.Module,
+    *,
+    allowed: tuple[str, ...] = PROBABILITY_IMPLEMENTATIONS,
+    purpose: str = "attention capture needs an implementation that returns the probabilities",
+) -> None:
+    """Raise ``ValueError`` (saying ``purpose``) unless every ``transformers`` config in ``model``
+    selects one of the attention implementations ``allowed`` (default: those a capture records,
+    :data:`PROBABILITY_IMPLEMENTATIONS`)."""
     bad = sorted(
         {
             f"{type(m).__name__}: {m.config._attn_implementation!r}"
             for m in _configured(model)
-            if m.config._attn_implementation not in PROBABILITY_IMPLEMENTATIONS
+            if m.config._attn_implementation not in allowed
         }
     )
     if bad:
+        fix = "from_pretrained(..., attn_implementation='eager') or model.set_attn_implementation('eager')"
+        if "attnzoo_mhsa" in allowed:
+            fix += " (or 'attnzoo_mhsa' after attnzoo.integrations.hf.register())"
         raise ValueError(
-            "attention capture and head edits need eager attention, which returns the attention "
-            f"probabilities; got {', '.join(bad)}. Load the model with "
-            "from_pretrained(..., attn_implementation='eager') or call model.set_attn_implementation('eager')"
+            f"{purpose} ({', '.join(allowed)}); got {', '.join(bad)}. Use eager attention: {fix}"
         )
 
 
@@ -209,10 +221,11 @@ def edit_heads(
 
     Raises:
         KeyError: a name is not an attention module of ``model``.
-        ValueError: a head index is out of range, or the model does not run eager attention.
+        ValueError: a head index is out of range, or the model does not run eager attention (the
+            edits wrap the eager function, so no other implementation would apply them).
     """
     modules = hf_attention_modules(model)
-    require_eager(model)
+    require_eager(model, allowed=("eager",), purpose="head edits wrap the eager attention function")
     zero = dict(zero or {})
     query_scale = dict(query_scale or {})
     edits: dict[int, HeadEdit] = {}

@@ -9,9 +9,11 @@ that computes, per attention module,
     P' = edit(P, module)                          (the inference-time method)
     O = P' V
 
-and :func:`edit_attention` switches a model to it while active (restoring the previous
-implementation afterwards). Grouped key/value heads are expanded to the query heads. Modules
-without an edit registered compute plain softmax attention through the same path.
+(the body shared with :mod:`attnzoo.integrations.hf`'s functions, which validates the call and
+folds its mask into one additive bias) and :func:`edit_attention` switches a model to it while
+active (restoring the previous implementation afterwards). Grouped key/value heads are expanded to
+the query heads. Modules without an edit registered compute plain softmax attention through the
+same path.
 :func:`replace_attention` installs a whole attention function per module instead (methods that
 change which keys are attended, e.g. Recycled Attention on the KV cache); it receives the
 unexpanded grouped key/value heads and the float mask of ``(B, 1, N_q, N_k)``.
@@ -29,11 +31,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.capture import capturing, module_scope, record
-from attnzoo.kernels.attention import attention_reference
+from attnzoo.capture import module_scope
+from attnzoo.integrations._hf_core import ProbEdit, edited_softmax, prepare
 
 __all__ = [
     "IMPLEMENTATION",
@@ -46,9 +47,6 @@ __all__ = [
 
 IMPLEMENTATION = "attnzoo_edit"
 
-ProbEdit = Callable[[torch.Tensor, nn.Module], torch.Tensor]
-"""``edit(probs (B, h, N_q, N_k), module) -> probs`` applied inside one attention module."""
-
 AttentionFn = Callable[..., tuple[torch.Tensor, "torch.Tensor | None"]]
 """``fn(module, query (B, h, N_q, d), key (B, h_kv, N_k, d), value (B, h_kv, N_k, d_v), attention_mask,
 scaling) -> (out (B, h, N_q, d_v), probs or None)``."""
@@ -56,10 +54,6 @@ scaling) -> (out (B, h, N_q, d_v), probs or None)``."""
 _EDITS: dict[int, ProbEdit] = {}
 _REPLACED: dict[int, AttentionFn] = {}
 _REGISTERED = False
-
-
-def _expand(t: torch.Tensor, heads: int) -> torch.Tensor:
-    return t if t.shape[1] == heads else t.repeat_interleave(heads // t.shape[1], dim=1)
 
 
 def _edited_attention(
@@ -77,25 +71,9 @@ def _edited_attention(
         if replaced is not None:
             out, probs = replaced(module, query, key, value, attention_mask, scaling)
             return out.transpose(1, 2).contiguous(), probs
-        heads = query.shape[1]
-        key, value = _expand(key, heads), _expand(value, heads)
-        mask = bias = None
-        if attention_mask is not None:
-            m = attention_mask[..., : key.shape[-2]]
-            if m.dtype == torch.bool:
-                mask = m
-            else:
-                bias = m
-        _, probs = attention_reference(
-            query, key, value, mask=mask, bias=bias, scale=scaling, return_weights=True
-        )
-        edit = _EDITS.get(id(module))
-        if edit is not None:
-            probs = edit(probs, module)
-            if capturing():
-                record(probs, kind="edited")
-        weights = F.dropout(probs, dropout) if module.training and dropout else probs
-        return (weights @ value).transpose(1, 2).contiguous(), probs
+        call = prepare(IMPLEMENTATION, module, query, key, value, attention_mask, scaling, dropout, kwargs)
+        out, probs = edited_softmax(call, _EDITS.get(id(module)))
+        return out.transpose(1, 2).contiguous(), probs
 
 
 def _register() -> None:

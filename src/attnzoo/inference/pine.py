@@ -38,7 +38,16 @@ from attnzoo.checks import check_divisible, check_tensor
 from attnzoo.inference.hf_edit import AttentionFn, hf_attention_layers, replace_attention
 from attnzoo.kernels.attention import attention_reference, merge_heads, split_heads
 
-__all__ = ["LEDGER", "PINEAttention", "PineLayout", "pine_attention", "pine_model", "rope_inv_freq"]
+__all__ = [
+    "LEDGER",
+    "PINEAttention",
+    "PineLayout",
+    "pine_attention",
+    "pine_attention_rotated",
+    "pine_model",
+    "rope_inv_freq",
+    "rotary_embedding",
+]
 
 LEDGER = (
     "Verified by equations and properties (no official-code fixture): exact document-permutation "
@@ -212,24 +221,76 @@ def _unrotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Te
     return (x * cos - rotated_half * sin) / (cos * cos + sin * sin)
 
 
+def rotary_embedding(model: nn.Module) -> nn.Module:
+    """The rotary embedding module of a ``transformers`` model (the module with ``inv_freq`` and
+    ``rope_type``), checked to be default, unscaled RoPE: the only kind PINE can undo and re-apply.
+
+    Raises:
+        ValueError: the model has no rotary embedding, or a scaled or non-default one (named).
+    """
+    rotary = next((m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "rope_type")), None)
+    if rotary is None:
+        found = "none"
+    else:
+        scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        if rotary.rope_type == "default" and scaling == 1.0:
+            return rotary
+        found = f"{rotary.rope_type!r} RoPE with attention_scaling={scaling}"
+    raise ValueError(
+        f"PINE needs default (unscaled) rotary position embeddings; {type(model).__name__} has {found}"
+    )
+
+
+def pine_attention_rotated(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    layout: PineLayout,
+    rotary: nn.Module,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`pine_attention` on the q/k a ``transformers`` attention module computed: rotated by the
+    model's default RoPE (``rotary``, from :func:`rotary_embedding`) at positions ``0..N-1``.
+
+    Undoes that RoPE with the model's own cos/sin tables and re-applies PINE's positions with its
+    ``inv_freq``. ``query (B, h, N_q, d)`` are the last ``N_q`` tokens; ``key, value (B, h_kv, N, d)``
+    with grouped heads (``h_kv`` dividing ``h``) repeated to ``h``. Returns ``(B, h, N_q, d_v)``.
+    """
+    query = check_tensor(query, "query", ndim=4)
+    key = check_tensor(key, "key", ndim=4)
+    value = check_tensor(value, "value", ndim=4)
+    heads, n, n_q = query.shape[1], key.shape[-2], query.shape[-2]
+    if heads % key.shape[1] or value.shape[1] != key.shape[1]:
+        raise ValueError(
+            f"key {tuple(key.shape)} and value {tuple(value.shape)} must share a head count dividing the "
+            f"{heads} query heads"
+        )
+    if heads != key.shape[1]:
+        key = key.repeat_interleave(heads // key.shape[1], dim=1)
+        value = value.repeat_interleave(heads // value.shape[1], dim=1)
+    positions = torch.arange(n, device=query.device).unsqueeze(0)
+    cos, sin = (t.to(query.dtype).unsqueeze(1) for t in rotary(value, positions))
+    q = _unrotate(query, cos[..., n - n_q :, :], sin[..., n - n_q :, :])
+    k = _unrotate(key, cos, sin)
+    return pine_attention(q, k, value, layout, inv_freq=rotary.inv_freq, scale=scale)
+
+
 @contextmanager
 def pine_model(model: nn.Module, prefix: int, documents: Sequence[int]) -> Iterator[None]:
     """Run a RoPE ``transformers`` decoder (default RoPE, e.g. Llama) with PINE in every layer.
 
     The prompt must be ``[prefix][documents...][suffix]`` without padding, starting at position 0;
     cached decoding continues the suffix. The model's own RoPE is undone on q/k (standard
-    positions ``0..N-1``, with the model's own cos/sin tables) and re-applied with PINE's positions.
+    positions ``0..N-1``, with the model's own cos/sin tables) and re-applied with PINE's positions
+    (:func:`pine_attention_rotated`).
+
+    Raises:
+        ValueError: the model's rotary embedding is not default, unscaled RoPE (:func:`rotary_embedding`).
     """
     layout = PineLayout(int(prefix), tuple(int(n) for n in documents))
     layers = hf_attention_layers(model)
-    rotary = next((m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "rope_type")), None)
-    if (
-        rotary is None
-        or rotary.rope_type != "default"
-        or float(getattr(rotary, "attention_scaling", 1.0)) != 1.0
-    ):
-        raise ValueError("pine_model needs a model with default (unscaled) rotary position embeddings")
-    inv_freq = rotary.inv_freq
+    rotary = rotary_embedding(model)
 
     def fn(
         module: nn.Module,
@@ -239,16 +300,7 @@ def pine_model(model: nn.Module, prefix: int, documents: Sequence[int]) -> Itera
         attention_mask: torch.Tensor | None,
         scaling: float | None,
     ) -> tuple[torch.Tensor, Any]:
-        heads, n = query.shape[1], key.shape[-2]
-        if heads != key.shape[1]:
-            key = key.repeat_interleave(heads // key.shape[1], dim=1)
-            value = value.repeat_interleave(heads // value.shape[1], dim=1)
-        positions = torch.arange(n, device=query.device).unsqueeze(0)
-        cos, sin = (t.to(query.dtype).unsqueeze(1) for t in rotary(value, positions))
-        n_q = query.shape[-2]
-        q = _unrotate(query, cos[..., n - n_q :, :], sin[..., n - n_q :, :])
-        k = _unrotate(key, cos, sin)
-        return pine_attention(q, k, value, layout, inv_freq=inv_freq, scale=scaling), None
+        return pine_attention_rotated(query, key, value, layout, rotary, scale=scaling), None
 
     funcs: dict[nn.Module, AttentionFn] = {m: fn for m in layers.values()}
     with replace_attention(model, funcs):

@@ -22,7 +22,8 @@ the whole batch and therefore supports batch 1 only).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +35,7 @@ from attnzoo.inference.hf_edit import ProbEdit, edit_attention, hf_attention_lay
 
 __all__ = [
     "LEDGER",
+    "PrefillSinks",
     "VisualAttentionRedistribution",
     "image_centric_rows",
     "redistribute",
@@ -205,6 +207,36 @@ class VisualAttentionRedistribution(nn.Module):
         return f"dim_sink={self.dim_sink}, tau={self.tau}, rho={self.rho}, summ={self.summ}, p={self.p}"
 
 
+class PrefillSinks:
+    """A decoder layer's forward pre-hook (``layer.register_forward_pre_hook(hook, with_kwargs=True)``)
+    that detects VAR's sink tokens from the layer's input hidden state ``(B, T, D)`` on the prefill pass
+    (the first call, or any call with more than one token) and keeps them for the cached decode steps.
+
+    Args:
+        var: the redistribution whose :meth:`~VisualAttentionRedistribution.sinks` detects them.
+        on_prefill: called with the new sinks after each detection.
+
+    Attributes:
+        sinks: bool ``(B, T)`` of the last prefill; ``None`` before the first call.
+    """
+
+    def __init__(
+        self,
+        var: VisualAttentionRedistribution,
+        on_prefill: Callable[[torch.Tensor], None] | None = None,
+    ) -> None:
+        self.var = var
+        self.on_prefill = on_prefill
+        self.sinks: torch.Tensor | None = None
+
+    def __call__(self, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if self.sinks is None or hidden.shape[1] > 1:
+            self.sinks = self.var.sinks(hidden)
+            if self.on_prefill is not None:
+                self.on_prefill(self.sinks)
+
+
 @contextmanager
 def var_model(
     model: nn.Module,
@@ -223,7 +255,8 @@ def var_model(
     ``layers`` defaults to 2..L-1 as in the official code (the last layer is included: its
     ``except_last_layer`` switch is shadowed and never takes effect). Sink tokens are detected from
     each layer's input hidden state on the prefill pass (the first call with more than one token,
-    or the first call) and reused for the cached decode steps. Yields ``{layer: sinks (B, T)}``.
+    or the first call) and reused for the cached decode steps (:class:`PrefillSinks`). Yields
+    ``{layer: sinks (B, T)}``, filled as the layers run.
     """
     attn = hf_attention_layers(model)
     chosen = list(range(2, len(attn))) if layers is None else [int(i) for i in layers]
@@ -237,14 +270,6 @@ def var_model(
     }
     handles = []
 
-    def pre_hook(idx: int) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if idx not in sinks or hidden.shape[1] > 1:
-                sinks[idx] = var.sinks(hidden)
-
-        return hook
-
     def edit(idx: int) -> ProbEdit:
         return lambda probs, module: var.apply(probs, sinks[idx], image_start, image_len)[1]
 
@@ -252,7 +277,8 @@ def var_model(
         layer = owners.get(id(attn[idx]))
         if layer is None:
             raise ValueError(f"attention module of layer {idx} has no decoder layer owning it as self_attn")
-        handles.append(layer.register_forward_pre_hook(pre_hook(idx), with_kwargs=True))
+        hook = PrefillSinks(var, on_prefill=functools.partial(sinks.__setitem__, idx))
+        handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         with edit_attention(model, {attn[i]: edit(i) for i in chosen}):
             yield sinks

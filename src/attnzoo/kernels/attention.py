@@ -10,6 +10,8 @@ with ``Q: (B, h, N_q, d)``, ``K: (B, h, N_k, d)``, ``V: (B, h, N_k, d_v)``, a bo
 :func:`attention_reference` is the naive materialised form used as the test oracle and, while
 :func:`attnzoo.capture` is active, as the path that reports the attention matrix.
 Every query row must keep at least one key: a fully masked row is undefined (NaN).
+:func:`allowed_keys` gives the bool mask of the keys these arguments let each query attend to,
+which :func:`attention_reference` reports with the attention matrix while capturing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from attnzoo.capture import capturing, record, wants
 
-__all__ = ["attention", "attention_reference", "causal_mask", "merge_heads", "split_heads"]
+__all__ = ["allowed_keys", "attention", "attention_reference", "causal_mask", "merge_heads", "split_heads"]
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -61,6 +63,30 @@ def _combined_mask(
     return bias.masked_fill(~mask, float("-inf"))
 
 
+def _allowed(combined: torch.Tensor | None) -> torch.Tensor | None:
+    """The keys a folded ``attn_mask`` (:func:`_combined_mask`) allows: a bool one as is; a float one
+    allows every key it does not hide, hidden being ``-inf`` or at most ``finfo(dtype).min / 2`` (the
+    additive masks of Hugging Face ``transformers``, read the same way for its eager attention)."""
+    if combined is None or combined.dtype == torch.bool:
+        return combined
+    return combined > torch.finfo(combined.dtype).min / 2
+
+
+def allowed_keys(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    causal: bool = False,
+) -> torch.Tensor | None:
+    """Bool mask, broadcastable to ``(B, h, N_q, N_k)``, True where softmax attention with these
+    arguments (see :func:`attention`) lets a query attend to a key: inside ``mask`` and the causal
+    pattern and not hidden by ``bias`` (``-inf``, or at most ``finfo(dtype).min / 2``); ``None`` when
+    there is no ``mask``, ``bias`` or ``causal``."""
+    return _allowed(_combined_mask(q, k, mask, bias, causal))
+
+
 def attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -76,6 +102,8 @@ def attention_reference(
     """Naive softmax attention that materialises the ``(B, h, N_q, N_k)`` matrix.
 
     Returns ``out (B, h, N_q, d_v)``, and the probabilities (before dropout) when ``return_weights``.
+    While capturing, records the probabilities with the scores, the values (when kept) and the
+    :func:`allowed_keys` mask.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q * scale) @ k.transpose(-2, -1)
@@ -87,7 +115,8 @@ def attention_reference(
             scores = scores + combined
     probs = scores.softmax(dim=-1)
     if capturing():
-        record(probs, scores, kind="softmax", values=v if wants("values") else None)
+        values = v if wants("values") else None
+        record(probs, scores, kind="softmax", values=values, mask=_allowed(combined))
     out = (F.dropout(probs, dropout_p) if dropout_p else probs) @ v
     return (out, probs) if return_weights else out
 

@@ -34,7 +34,10 @@ def position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
 
 def channel_attention(x: torch.Tensor, *, sign: float = -1.0) -> torch.Tensor:
-    """``softmax(sign * X X^T) X`` over channels; ``x: (B, C, *S)`` -> ``(B, C, *S)``."""
+    """``softmax(sign * X X^T) X`` over channels; ``x: (B, C, *S)`` -> ``(B, C, *S)``.
+
+    ``sign`` scales the queries rather than being SDPA's ``scale``: the ONNX exporter takes the
+    square root of that scale, which is NaN for a negative one."""
     tokens = x.flatten(2).unsqueeze(1)
-    out = attention(tokens, tokens, tokens, scale=float(sign))
+    out = attention(tokens * float(sign), tokens, tokens, scale=1.0)
     return out.squeeze(1).reshape(x.shape)

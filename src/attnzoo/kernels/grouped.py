@@ -16,7 +16,8 @@ matrix is kept for backward either):
   A block-sparse mask over all keys would avoid the copies but costs ``R / topk`` times the score
   FLOPs (49x for BiFormer's first stage), so the gather is the cheaper exact form. Without
   autograd (inference) query regions are processed in chunks whose gathered copies never exceed
-  the size of K and V, so the forward holds ``O(N C)`` memory for any ``topk``.
+  the size of K and V, so the forward holds ``O(N C)`` memory for any ``topk`` (an exported
+  program gathers all regions at once, as with autograd, so that its batch stays dynamic).
 * :func:`segment_attention` (region attention): token ``i`` attends to every token ``j`` of its
   batch element with ``segments[i] == segments[j]``. Tokens are sorted by segment, segments are
   bucketed by size (sizes in a bucket within a factor ``bucket_ratio``), each bucket is packed
@@ -24,7 +25,9 @@ matrix is kept for backward either):
   Time ``O(sum_g |g|^2 d)`` up to the bucket padding, memory ``O(N h d)``.
 
 While :func:`attnzoo.capture` is active, :func:`segment_attention` runs the dense masked form so
-the recorded matrix is the full ``(B, h, N, N)`` pattern in input order, and
+the recorded matrix is the full ``(B, h, N, N)`` pattern in input order; it runs the same dense form
+while ``torch.export`` traces (the packed form's shapes depend on the label values, which an
+exported graph cannot), so an exported program holds ``O(h N^2)`` scores. Under capture,
 :func:`routed_region_attention` records one ``(B*R, h, T, topk*T)`` matrix per call (each query
 region against its routed keys). The outputs are the same function either way.
 """
@@ -89,9 +92,11 @@ def routed_region_attention(
     q_rows = q.reshape(b * r, t, h, d)
     per_row = topk * tk * h * (d + dv)
     keep_graph = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    chunk = b * r if keep_graph or capturing() else max(1, (k.numel() + v.numel()) // per_row)
+    # one chunk under torch.export too: a loop over B*R rows would fix the batch size in the program
+    whole = keep_graph or capturing() or torch.compiler.is_exporting()
+    chunk = b * r if whole else max(1, (k.numel() + v.numel()) // per_row)
     outs = []
-    for start in range(0, b * r, chunk):
+    for start in [0] if whole else range(0, b * r, chunk):
         rows = q_rows[start : start + chunk]
         idx = flat[start * topk : (start + rows.shape[0]) * topk]
         k_sel = k_rows.index_select(0, idx).view(rows.shape[0], topk * tk, h, d)
@@ -161,7 +166,7 @@ def segment_attention(
         raise ValueError(f"segments is on {segments.device} but q is on {q.device}")
     if bucket_ratio < 1:
         raise ValueError(f"bucket_ratio must be >= 1, got {bucket_ratio}")
-    if capturing():
+    if capturing() or torch.compiler.is_exporting():
         return attention(q, k, v, mask=segment_mask(segments), scale=scale)
     with torch.no_grad():
         _, label = torch.unique(segments, return_inverse=True)

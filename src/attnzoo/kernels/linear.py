@@ -183,22 +183,25 @@ def _intra_per_key(q: torch.Tensor, k: torch.Tensor, cum: torch.Tensor) -> torch
     Built by recursive halving (the chunk length is a power of two): at every level the
     off-diagonal block (second half x first half) uses the cumulative log gate ``r`` at the last
     position of the first half as its reference, so ``exp(b_i - r) <= 1`` and ``exp(r - b_j) <= 1``.
+    The blocks are assembled bottom-up without in-place writes into views, so that the ONNX
+    exporter's functionalisation accepts the traced graph.
     """
     lead, c, d = q.shape[:-2], q.shape[-2], q.shape[-1]
-    scores = q.new_zeros(*lead, c, c)
-    scores.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1))  # j = i: exp(0) = 1
-    m = c // 2
-    while m >= 1:
+    scores = (q * k).sum(-1)[..., None, None]  # (..., c, 1, 1) diagonal blocks, j = i: exp(0) = 1
+    m = 1
+    while m < c:
         nb = c // (2 * m)
         qh = q.reshape(*lead, nb, 2, m, d)[..., 1, :, :]
         kh = k.reshape(*lead, nb, 2, m, d)[..., 0, :, :]
         bh = cum.reshape(*lead, nb, 2, m, d)
         ref = bh[..., 0, m - 1 :, :]
         off = (qh * (bh[..., 1, :, :] - ref).exp()) @ (kh * (ref - bh[..., 0, :, :]).exp()).transpose(-1, -2)
-        blocks = scores.view(*lead, nb, 2 * m, nb, 2 * m).diagonal(dim1=-4, dim2=-2)  # (..., 2m, 2m, nb)
-        blocks[..., m:, :m, :].copy_(off.movedim(-3, -1))
-        m //= 2
-    return scores
+        pairs = scores.reshape(*lead, nb, 2, m, m)
+        top = torch.cat([pairs[..., 0, :, :], torch.zeros_like(off)], dim=-1)
+        bottom = torch.cat([off, pairs[..., 1, :, :]], dim=-1)
+        scores = torch.cat([top, bottom], dim=-2)  # (..., nb, 2m, 2m)
+        m *= 2
+    return scores.reshape(*lead, c, c)
 
 
 def _exp_range(dtype: torch.dtype) -> float:

@@ -13,7 +13,9 @@ block can reach, so time and memory are ``O(N * span * d)`` instead of ``O(N^2)`
 
 Tensors are ``q, k: (B, h, N, d)``, ``v: (B, h, N, d_v)`` (self-attention: one ``N``). While
 :func:`attnzoo.capture` is active both run the dense masked form so the recorded matrix is the
-full ``(B, h, N, N)`` pattern; the outputs are the same function either way.
+full ``(B, h, N, N)`` pattern; the outputs are the same function either way. Short sequences take
+the dense form too, except while ``torch.export`` traces: the blocked form is then used for every
+``N``, so that an exported program is not limited to the traced length.
 """
 
 from __future__ import annotations
@@ -91,12 +93,12 @@ def sliding_window_attention(
         raise ValueError("block_size must be positive")
     before, after = math.ceil(left / b), math.ceil(right / b)
     span = (before + 1 + after) * b
-    if capturing() or n <= span:
+    if capturing() or (not torch.compiler.is_exporting() and n <= span):
         mask = band_mask(n, n, left, right, q.device)
         return attention(q, k, v, mask=mask, scale=scale, dropout_p=dropout_p)
     bsz, h, _, d = q.shape
     dv = v.shape[-1]
-    nb = math.ceil(n / b)
+    nb = (n + b - 1) // b
     pad_end = nb * b - n
     qb = F.pad(q, (0, 0, 0, pad_end)).reshape(bsz, h * nb, b, d)
     pad = (0, 0, before * b, pad_end + after * b)
@@ -114,7 +116,8 @@ def sliding_window_attention(
     mask = in_band & (key_ok.unsqueeze(1) | query_pad.unsqueeze(2))
     mask = mask.unsqueeze(0).expand(h, nb, b, span).reshape(h * nb, b, span)
     out = attention(qb, kb, vb, mask=mask, scale=scale, dropout_p=dropout_p)
-    return out.reshape(bsz, h, nb * b, dv)[:, :, :n]
+    # a gather, not a slice: a slice's strides would make an exported program guard on b dividing N
+    return out.reshape(bsz, h, nb * b, dv).index_select(2, torch.arange(n, device=q.device))
 
 
 def group_mask(
@@ -174,12 +177,12 @@ def grouped_attention(
     if offset >= g:
         raise ValueError(f"offset must be < group_size={g}, got {offset}")
     num_sink = min(_check_nonneg_int(num_sink, "num_sink"), n)
-    if capturing() or n + offset <= g:
+    if capturing() or (not torch.compiler.is_exporting() and n + offset <= g):
         mask = group_mask(n, g, offset=offset, num_sink=num_sink, causal=causal, device=q.device)
         return attention(q, k, v, mask=mask, scale=scale, dropout_p=dropout_p)
     bsz, h, _, d = q.shape
     dv = v.shape[-1]
-    ng = math.ceil((n + offset) / g)
+    ng = (n + offset + g - 1) // g
     pad = (0, 0, offset, ng * g - n - offset)
     qg = F.pad(q, pad).reshape(bsz, h, ng, g, d)
     kg = F.pad(k, pad).reshape(bsz, h, ng, g, d)
@@ -216,4 +219,5 @@ def grouped_attention(
         scale=scale,
         dropout_p=dropout_p,
     )
-    return out.reshape(bsz, h, ng * g, dv)[:, :, offset : offset + n]
+    # a gather, not a slice: a slice's strides would make an exported program guard on G dividing N
+    return out.reshape(bsz, h, ng * g, dv).index_select(2, torch.arange(offset, offset + n, device=dev))

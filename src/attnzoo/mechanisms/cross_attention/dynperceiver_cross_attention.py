@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible, check_tensor
+from attnzoo.checks import check_divisible, check_tensor, tracing
 from attnzoo.families import CrossAttention
 from attnzoo.kernels import attention, merge_heads, split_heads
 from attnzoo.registry import Card, register
@@ -89,7 +89,7 @@ class PerceiverAttention(nn.Module):
         attn_mask = None
         if mask is not None:
             check_tensor(mask, "mask", ndim=2, floating=False, finite=False)
-            if not bool(mask.any(dim=1).all()):
+            if not tracing() and not bool(mask.any(dim=1).all()):
                 raise ValueError("mask leaves a query with no key: every row needs at least one True")
             attn_mask = mask[:, None, None, :]
         drop = self.attn_drop if self.training else 0.0
@@ -140,7 +140,13 @@ class PerceiverAttention(nn.Module):
             "sizes": [(49,)],
             "queries": 128,
         },
-        conformance={"context_len": 6},
+        conformance={
+            "context_len": 6,
+            "skip": {
+                "export_dynamic_size": "the learned key position bias of context_tokens "
+                "(set in the tiny and benchmark configurations) fixes M"
+            },
+        },
     )
 )
 class DynPerceiverCrossAttention(CrossAttention):

@@ -37,8 +37,8 @@ def irpe_euclidean_buckets(
     computed in float32 (the iRPE reference does so and rounds half to even).
     """
     alpha, beta, gamma = 1.0 * ratio, 2.0 * ratio, 8.0 * ratio
-    r = torch.arange(height, device=device).repeat_interleave(width)
-    c = torch.arange(width, device=device).repeat(height)
+    rows, cols = torch.arange(height, device=device), torch.arange(width, device=device)
+    r, c = (t.reshape(-1) for t in torch.meshgrid(rows, cols, indexing="ij"))  # ONNX: no repeat_interleave
     sq = (r[:, None] - r[None, :]) ** 2 + (c[:, None] - c[None, :]) ** 2
     dis = sq.to(torch.float32).sqrt().round()
     far = (alpha + torch.log(dis.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha))

@@ -67,6 +67,12 @@ __all__ = ["SelectiveDenseAttention"]
         ),
         tiny={"channels": 16, "num_levels": 3, "refine_level": 1, "hidden": 8},
         bench={"channels": 256, "num_levels": 5, "refine_level": 2, "hidden": 128},
+        conformance={
+            "skip": {
+                "export_dynamic_size": "F.adaptive_max_pool2d, which gathers the finer levels to the "
+                "size of x, specialises its output size in torch.export, so H and W are fixed"
+            }
+        },
     )
 )
 class SelectiveDenseAttention(FeatureMapAttention):

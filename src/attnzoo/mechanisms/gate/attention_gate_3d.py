@@ -32,6 +32,7 @@ __all__ = ["AttentionGate3d"]
         ledger=attention_gate_ledger(3),
         tiny={"channels": 8, "gate_channels": 16},
         bench={"channels": 32, "gate_channels": 64},
+        conformance={"sizes": [(4, 4, 6), (3, 4, 5)]},
     )
 )
 class AttentionGate3d(AdditiveAttentionGate):

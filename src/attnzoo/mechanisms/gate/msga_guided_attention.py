@@ -98,7 +98,7 @@ class _SemanticEncoderDecoder(nn.Module):
         code = self.enc2(e1)
         d2 = F.interpolate(self.dec2(code), size=e1.shape[2:], mode="bilinear", align_corners=False)
         rec = self.dec1(d2)
-        if rec.shape[2:] != z.shape[2:]:
+        if torch.compiler.is_exporting() or rec.shape[2:] != z.shape[2:]:  # same size: identity
             rec = F.interpolate(rec, size=z.shape[2:], mode="bilinear", align_corners=False)
         return code, rec
 
@@ -183,7 +183,7 @@ class MultiScaleGuidedAttention(Gate):
 
     def compute_aux(self, x: torch.Tensor, g: torch.Tensor) -> GuidedAttentionOutput:
         """The block on validated inputs, with every intermediate the losses need."""
-        if g.shape[2:] != x.shape[2:]:
+        if torch.compiler.is_exporting() or g.shape[2:] != x.shape[2:]:  # same size: identity
             g = F.interpolate(g, size=x.shape[2:], mode="bilinear", align_corners=False)
         z1 = torch.cat([x, g], dim=1)
         a1, e1, r1 = self.step1(z1)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.capture import module_scope
-from attnzoo.checks import check_tensor
+from attnzoo.checks import check_tensor, tracing
 from attnzoo.families import Pooling, PoolOutput
 from attnzoo.mechanisms.pooling.attention_mil import InstanceAttentionScorer
 from attnzoo.registry import Card, register
@@ -221,7 +221,7 @@ class ACMIL(Pooling):
             check_tensor(mask, "mask", shape=(x.shape[0], x.shape[1]), floating=False, finite=False)
             if mask.dtype != torch.bool:
                 raise TypeError(f"mask must be a bool tensor (True = present), got dtype {mask.dtype}")
-            if not bool(mask.any(dim=1).all()):
+            if not tracing() and not bool(mask.any(dim=1).all()):
                 raise ValueError("mask leaves a bag with no instance: every row needs at least one True")
         with module_scope(self):
             _, logits, feats, attn = self._forward_parts(x, mask)

@@ -120,6 +120,9 @@ def _grid_bias(
             "DeiT form: num_prefix_tokens generalises the single class token (official: exactly one, "
             "biases ac (1, h, n, 1) / ca (1, h, 1, n)) to P prefix tokens with biases (h, n, P) / (h, P, n).",
             "The grid size comes from size=(H, W) instead of the official h = w = int(sqrt(N)).",
+            "In a timm ViT (attnzoo.integrations.timm) class and register tokens are its num_prefix_tokens "
+            "(native, DeiT form: queries and keys, no DWC term); vit_attention/swap check or set it from the "
+            "model's num_prefix_tokens.",
         ),
         tiny={"dim": 16, "num_heads": 2, "agent_num": 4, "window": 4, "num_prefix_tokens": 1},
         bench={"dim": 384, "num_heads": 6, "agent_num": 49, "window": 14, "num_prefix_tokens": 1},
@@ -282,6 +285,9 @@ class AgentAttention(TokenMixer):
             "N // r^2).",
             "The reference grid comes from window=(H, W) instead of the official num_patches (H = W = "
             "sqrt(num_patches)); the adapter converts.",
+            "In a timm ViT (attnzoo.integrations.timm) the mixer sees the H x W patch tokens only: class "
+            "and register tokens get a separate global softmax attention over all tokens (own qkv/proj, "
+            "timm's layout), so patch tokens never read them (in timm's Attention they do).",
         ),
         tiny={"dim": 16, "num_heads": 2, "agent_num": 4, "window": 4, "sr_ratio": 2},
         bench={"dim": 64, "num_heads": 1, "agent_num": 9, "window": 56, "sr_ratio": 1},

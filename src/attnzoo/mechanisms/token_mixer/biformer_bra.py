@@ -101,6 +101,9 @@ def _positive_int(value: object, name: str) -> int:
             "(same function). The official Block's topk=-1/-2 (plain attention) is not this module.",
             "Under attnzoo.capture one (B*n_win^2, h, T, topk*T) matrix per call is recorded: each "
             "query region (region-major order) against its routed keys.",
+            "In a timm ViT (attnzoo.integrations.timm) the mixer sees the H x W patch tokens only: class "
+            "and register tokens get a separate global softmax attention over all tokens (own qkv/proj, "
+            "timm's layout), so patch tokens never read them (in timm's Attention they do).",
         ),
         tiny={"dim": 16, "num_heads": 2, "n_win": 2, "topk": 2, "side_dwconv": 3},
         bench={"dim": 64, "num_heads": 2, "n_win": 7, "topk": 1, "side_dwconv": 5},

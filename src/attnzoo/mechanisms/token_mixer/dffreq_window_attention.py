@@ -67,6 +67,9 @@ _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
             "Token-mixer layout: x (B, H*W, C) with size=(H, W); the official module takes (B, C, H, W) "
             "(the adapter converts). Parameter names: pixel_mlp (official mlp.0), temperature stored as "
             "(h,) (official (h, 1, 1)).",
+            "In a timm ViT (attnzoo.integrations.timm) the mixer sees the H x W patch tokens only: class "
+            "and register tokens get a separate global softmax attention over all tokens (own qkv/proj, "
+            "timm's layout), so patch tokens never read them (in timm's Attention they do).",
         ),
         tiny={"dim": 8, "num_heads": 2, "window_size": 4, "bias": True},
         bench={"dim": 3, "num_heads": 1, "window_size": 8, "bias": False},

@@ -135,6 +135,7 @@ class GatedLinearAttentionOp(nn.Module):
         layouts=("BNC",),
         spatial_dims=1,
         causal=True,
+        causal_only=True,
         ledger=(
             "Recurrence verified against the official naive_recurrent_gla (fixture gla_reference, from ViG's "
             "vendored flash-linear-attention: with/without initial state, weak and strong gates).",
@@ -155,6 +156,13 @@ class GatedLinearAttentionOp(nn.Module):
         ),
         tiny={"dim": 8, "num_heads": 2},
         bench={"dim": 512, "num_heads": 8, "expand_k": 1.0, "expand_v": 1.0, "causal": True},
+        conformance={
+            "skip": {
+                "export_dynamic_size": "the chunked linear-attention kernel (attnzoo.kernels.linear) "
+                "loops in Python over the N / chunk chunks, so a traced program is fixed to one "
+                "sequence length"
+            }
+        },
     )
 )
 class GatedLinearAttention(TokenMixer):

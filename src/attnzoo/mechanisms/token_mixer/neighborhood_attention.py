@@ -155,6 +155,13 @@ class _NeighborhoodAttention(TokenMixer):
         ledger=_LEDGER_COMMON,
         tiny={"dim": 8, "num_heads": 2, "kernel_size": 3, "dilation": 2},
         bench={"dim": 256, "num_heads": 4, "kernel_size": 31},
+        conformance={
+            "skip": {
+                "export_dynamic_size": "the tiled kernel (attnzoo.kernels.neighborhood) plans its query "
+                "tiles in Python from N (tile = min(64, N // dilation), tile count, key regions), so a "
+                "program traced with a dynamic N only holds for lengths with the traced tiling"
+            }
+        },
     )
 )
 class NeighborhoodAttention1D(_NeighborhoodAttention):
@@ -219,7 +226,12 @@ class NeighborhoodAttention1D(_NeighborhoodAttention):
         layouts=("BNC",),
         spatial_dims=2,
         causal=False,
-        ledger=_LEDGER_COMMON,
+        ledger=(
+            *_LEDGER_COMMON,
+            "In a timm ViT (attnzoo.integrations.timm) the mixer sees the H x W patch tokens only: class "
+            "and register tokens get a separate global softmax attention over all tokens (own qkv/proj, "
+            "timm's layout), so patch tokens never read them (in timm's Attention they do).",
+        ),
         tiny={"dim": 8, "num_heads": 2, "kernel_size": 3},
         bench={"dim": 128, "num_heads": 4, "kernel_size": 7},
     )

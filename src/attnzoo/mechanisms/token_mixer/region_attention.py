@@ -80,6 +80,13 @@ def check_region_map(region_map: object, batch: int, size: tuple[int, int]) -> t
             "Projections: official 1x1 Conv2d qkv/project_out become nn.Linear qkv/proj (weights "
             "squeezed); `bias` switches both biases, as in the official constructor.",
             "Under attnzoo.capture the dense masked (B, h, N, N) matrix is computed and recorded.",
+            "In a timm ViT (attnzoo.integrations.timm) the mixer sees the H x W patch tokens only: class "
+            "and register tokens get a separate global softmax attention over all tokens (own qkv/proj, "
+            "timm's layout), so patch tokens never read them (in timm's Attention they do).",
+            "vit_attention takes one fixed region_map (H, W) for every image, which timm's attention "
+            "call (x, attn_mask, is_causal) cannot pass per image.",
+            "torch.export traces the same dense masked form (the packed buckets' shapes depend on the "
+            "region labels), so an exported program holds (B, h, N, N) scores; outputs are unchanged.",
         ),
         tiny={"dim": 16, "num_heads": 2},
         bench={"dim": 256, "num_heads": 8},

@@ -63,6 +63,9 @@ __all__ = ["ViGAttention"]
             "ViG's reset_parameters (xavier_uniform, gain 2^-2.5) is not reproduced (PyTorch defaults).",
             "Parameter keys equal ViG's except the two RMSNorms (fla RMSNorm `weight` -> nn.RMSNorm "
             "`weight`, same key) and in_proj.0 (same): official checkpoints load without renaming.",
+            "In a timm ViT (attnzoo.integrations.timm) the mixer sees the H x W patch tokens only: class "
+            "and register tokens get a separate global softmax attention over all tokens (own qkv/proj, "
+            "timm's layout), so patch tokens never read them (in timm's Attention they do).",
         ),
         tiny={"dim": 8, "num_heads": 2},
         bench={"dim": 512, "num_heads": 8},
