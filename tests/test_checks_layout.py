@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from attnzoo import layout
-from attnzoo.checks import check_divisible, check_size, check_tensor, set_finite_check
+from attnzoo.checks import (
+    check_bool,
+    check_divisible,
+    check_float,
+    check_int,
+    check_rate,
+    check_size,
+    check_tensor,
+    set_finite_check,
+)
 
 
 def test_check_tensor_errors_name_the_argument() -> None:
@@ -48,6 +57,40 @@ def test_check_divisible() -> None:
     check_divisible(8, 2, "dim", "num_heads")
     with pytest.raises(ValueError, match="num_heads=3 must divide dim=8"):
         check_divisible(8, 3, "dim", "num_heads")
+    with pytest.raises(TypeError, match="dim must be an int"):
+        check_divisible("8", 2, "dim", "num_heads")
+    with pytest.raises(ValueError, match="num_heads must be positive"):
+        check_divisible(8, 0, "dim", "num_heads")
+
+
+def test_check_int() -> None:
+    assert check_int(3, "n") == 3
+    assert check_int(0, "n", minimum=0) == 0
+    for bad in ("3", 3.0, True):
+        with pytest.raises(TypeError, match="n must be an int"):
+            check_int(bad, "n")
+    with pytest.raises(ValueError, match="n must be positive, got 0"):
+        check_int(0, "n")
+    with pytest.raises(ValueError, match="n must be >= 2, got 1"):
+        check_int(1, "n", minimum=2)
+
+
+def test_check_bool_float_rate() -> None:
+    assert check_bool(False, "flag") is False
+    assert check_rate(0, "p") == 0.0
+    assert check_float(2, "x", positive=True) == 2.0
+    with pytest.raises(ValueError, match="x must be positive"):
+        check_float(0.0, "x", positive=True)
+    with pytest.raises(ValueError, match="x must be >= 1"):
+        check_float(0.5, "x", minimum=1.0)
+    with pytest.raises(ValueError, match="x must be finite"):
+        check_float(float("inf"), "x")
+    with pytest.raises(TypeError, match="flag must be a bool"):
+        check_bool(0, "flag")
+    with pytest.raises(TypeError, match="p must be a float"):
+        check_rate(True, "p")
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+        check_rate(float("nan"), "p")
 
 
 def test_layout_round_trips() -> None:

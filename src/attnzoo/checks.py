@@ -11,12 +11,18 @@ program does not validate values; shapes, ranks and dtypes are still checked at 
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 
 __all__ = [
+    "check_bool",
     "check_divisible",
+    "check_float",
+    "check_int",
+    "check_rate",
     "check_size",
     "check_tensor",
     "finite_check_enabled",
@@ -109,9 +115,54 @@ def check_size(size: object, n: int, *, spatial_dims: int, name: str = "size") -
     return tuple(size)
 
 
+def check_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """``value`` as an int: ``TypeError`` unless it is an integer (``bool`` is not), ``ValueError``
+    if it is below ``minimum``; both name the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        bound = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_bool(value: object, name: str) -> bool:
+    """``value`` itself if it is a ``bool``; ``TypeError`` naming the argument otherwise (``1`` and
+    ``"yes"`` are not bools)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_float(value: object, name: str, *, minimum: float | None = None, positive: bool = False) -> float:
+    """``value`` as a finite float: ``TypeError`` unless it is a real number (``bool`` is not),
+    ``ValueError`` if it is NaN/Inf, below ``minimum`` or (with ``positive``) not above 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_rate(value: object, name: str) -> float:
+    """``value`` as a float probability in ``[0, 1)`` (a dropout rate): ``TypeError`` unless it is a
+    real number (``bool`` is not), ``ValueError`` outside the interval; both name the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__} {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
 def check_divisible(value: int, divisor: int, value_name: str, divisor_name: str) -> None:
-    """Raise ``ValueError`` unless ``divisor`` divides ``value``."""
-    if divisor <= 0:
-        raise ValueError(f"{divisor_name} must be positive, got {divisor}")
+    """Raise ``TypeError`` unless both are ints, ``ValueError`` unless both are positive and
+    ``divisor`` divides ``value``."""
+    value = check_int(value, value_name)
+    divisor = check_int(divisor, divisor_name)
     if value % divisor != 0:
         raise ValueError(f"{divisor_name}={divisor} must divide {value_name}={value}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible, check_tensor, tracing
+from attnzoo.checks import check_bool, check_divisible, check_int, check_rate, check_tensor, tracing
 from attnzoo.families import CrossAttention
 from attnzoo.kernels import attention, merge_heads, split_heads
 from attnzoo.registry import Card, register
@@ -179,8 +179,13 @@ class DynPerceiverCrossAttention(CrossAttention):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if widening_factor <= 0:
-            raise ValueError(f"widening_factor must be positive, got {widening_factor}")
+        check_int(dim, "dim")
+        check_int(context_dim, "context_dim")
+        check_int(widening_factor, "widening_factor")
+        if context_tokens is not None:
+            check_int(context_tokens, "context_tokens")
+        check_bool(attention_residual, "attention_residual")
+        check_rate(dropout, "dropout")
         self.dim = dim
         self.context_dim = context_dim
         self.attention_residual = attention_residual

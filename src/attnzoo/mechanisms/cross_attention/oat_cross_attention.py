@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_tensor
+from attnzoo.checks import check_int, check_tensor
 from attnzoo.families import CrossAttention
 from attnzoo.kernels import attention
 from attnzoo.registry import Card, register
@@ -74,11 +74,8 @@ class ObjectCrossAttention(CrossAttention):
 
     def __init__(self, dim: int, *, d_k: int | None = None) -> None:
         super().__init__()
-        if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
-        d_k = dim if d_k is None else d_k
-        if d_k <= 0:
-            raise ValueError(f"d_k must be positive, got {d_k}")
+        check_int(dim, "dim")
+        d_k = dim if d_k is None else check_int(d_k, "d_k")
         self.dim = dim
         self.context_dim = dim
         self.d_k = d_k

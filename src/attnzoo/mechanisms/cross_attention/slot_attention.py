@@ -29,7 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.capture import capturing, module_scope, record
-from attnzoo.checks import check_divisible, check_size, check_tensor, tracing
+from attnzoo.checks import (
+    check_bool,
+    check_divisible,
+    check_float,
+    check_int,
+    check_size,
+    check_tensor,
+    tracing,
+)
 from attnzoo.families import CrossAttention
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.registry import Card, register
@@ -186,15 +194,19 @@ class SlotAttention(CrossAttention):
     ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
-        if num_iterations <= 0:
-            raise ValueError(f"num_iterations must be positive, got {num_iterations}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if eps < 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
+        check_int(context_dim, "context_dim")
+        check_int(num_iterations, "num_iterations")
+        check_int(smoothing_size, "smoothing_size")
+        if mlp_hidden_dim is not None:
+            check_int(mlp_hidden_dim, "mlp_hidden_dim")
+        if position_dims is not None:
+            check_int(position_dims, "position_dims")
+        check_bool(official_ark_iterates, "official_ark_iterates")
+        check_float(temperature, "temperature", positive=True)
+        check_float(eps, "eps", minimum=0.0)
         if smoothing not in ("none", "conv", "wnconv"):
             raise ValueError(f"smoothing must be 'none', 'conv' or 'wnconv', got {smoothing!r}")
-        if smoothing != "none" and (smoothing_size <= 0 or smoothing_size % 2 == 0):
+        if smoothing != "none" and smoothing_size % 2 == 0:
             raise ValueError(f"smoothing_size must be a positive odd int, got {smoothing_size}")
         if official_ark_iterates and smoothing != "wnconv":
             raise ValueError("official_ark_iterates only applies to smoothing='wnconv'")
@@ -227,8 +239,6 @@ class SlotAttention(CrossAttention):
         self.mlp = _mlp([dim, mlp_hidden_dim, dim])
         self.position_dims = position_dims
         if position_dims is not None:
-            if position_dims <= 0:
-                raise ValueError(f"position_dims must be positive or None, got {position_dims}")
             widths = {"base": [dim // 2, dim // 4], "small": [dim // 4], "big": [dim, dim // 4, dim // 8]}
             if position_mlp not in widths:
                 raise ValueError(f"position_mlp must be 'base', 'small' or 'big', got {position_mlp!r}")

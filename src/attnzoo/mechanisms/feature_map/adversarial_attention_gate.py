@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_tensor
+from attnzoo.checks import check_int, check_tensor
 from attnzoo.families import FeatureMapAttention
 from attnzoo.registry import Card, register
 
@@ -64,9 +64,8 @@ class AdversarialAttentionGate(FeatureMapAttention):
 
     def __init__(self, channels: int, num_classes: int) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels <= 0:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        if not isinstance(num_classes, int) or num_classes < 2:
+        check_int(channels, "channels")
+        if check_int(num_classes, "num_classes") < 2:
             raise ValueError(
                 f"num_classes must be an int >= 2 (background + foreground), got {num_classes!r}"
             )

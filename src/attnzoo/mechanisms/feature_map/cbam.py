@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from attnzoo.checks import check_bool, check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.registry import Card, register
 
@@ -97,12 +98,13 @@ class CBAM(FeatureMapAttention):
         min_channels: int = 1,
     ) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels <= 0:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        if not isinstance(reduction, int) or reduction <= 0:
-            raise ValueError(f"reduction must be a positive int, got {reduction!r}")
-        if not isinstance(kernel_size, int) or kernel_size <= 0 or kernel_size % 2 == 0:
+        check_int(channels, "channels")
+        check_int(reduction, "reduction")
+        check_int(min_channels, "min_channels")
+        if check_int(kernel_size, "kernel_size") % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+        check_bool(spatial, "spatial")
+        check_bool(spatial_bn, "spatial_bn")
         self.channels = channels
         hidden = max(min_channels, channels // reduction)
         self.fc1 = nn.Linear(channels, hidden)

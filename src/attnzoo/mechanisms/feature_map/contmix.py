@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.capture import capturing, record
+from attnzoo.checks import check_bool, check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.kernels.clamped_window import neighborhood_aggregate, neighborhood_bias
 from attnzoo.registry import Card, register
@@ -187,17 +188,15 @@ class ContMix(FeatureMapAttention):
         fused_lepe: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
-        groups = 2 * num_heads
-        valid = isinstance(channels, int) and not isinstance(channels, bool) and channels > 0
-        if not valid or channels % (2 * groups):
+        groups = 2 * check_int(num_heads, "num_heads")
+        if check_int(channels, "channels") % (2 * groups):
             raise ValueError(
                 f"channels must be a positive multiple of 4 * num_heads = {2 * groups}, got {channels!r}"
             )
-        if kernel_size not in DILATED_BRANCHES:
+        if check_int(kernel_size, "kernel_size") not in DILATED_BRANCHES:
             raise ValueError(f"kernel_size must be one of {sorted(DILATED_BRANCHES)}, got {kernel_size!r}")
-        if not isinstance(smk_size, int) or smk_size <= 0 or smk_size % 2 == 0 or smk_size > kernel_size:
+        check_bool(fused_lepe, "fused_lepe")
+        if check_int(smk_size, "smk_size") % 2 == 0 or smk_size > kernel_size:
             raise ValueError(f"smk_size must be an odd int in [1, {kernel_size}], got {smk_size!r}")
         self.channels = channels
         self.kernel_size = kernel_size

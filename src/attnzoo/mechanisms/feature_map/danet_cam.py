@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnzoo.checks import check_float, check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.kernels.dual_attention import channel_attention
 from attnzoo.registry import Card, register
@@ -64,9 +65,9 @@ class ChannelSelfAttention(FeatureMapAttention):
 
     def __init__(self, channels: int, *, energy_sign: float = -1.0, gamma_init: float = 0.0) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels <= 0:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        if energy_sign not in (-1, 1, -1.0, 1.0):
+        check_int(channels, "channels")
+        check_float(gamma_init, "gamma_init")
+        if check_float(energy_sign, "energy_sign") not in (-1.0, 1.0):
             raise ValueError(f"energy_sign must be -1 or +1, got {energy_sign!r}")
         self.channels = channels
         self.energy_sign = float(energy_sign)

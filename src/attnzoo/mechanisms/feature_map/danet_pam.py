@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnzoo.checks import check_float, check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.kernels.dual_attention import position_attention
 from attnzoo.registry import Card, register
@@ -65,13 +66,14 @@ class PositionAttention(FeatureMapAttention):
 
     def __init__(self, channels: int, *, reduction: int = 8, gamma_init: float = 0.0) -> None:
         super().__init__()
-        if not isinstance(reduction, int) or reduction <= 0:
-            raise ValueError(f"reduction must be a positive int, got {reduction!r}")
-        if not isinstance(channels, int) or channels < reduction:
+        check_int(reduction, "reduction")
+        if check_int(channels, "channels") < reduction:
             raise ValueError(
                 f"channels must be an int >= reduction={reduction} (query/key width C // reduction "
                 f"must be positive), got {channels!r}"
             )
+        check_float(gamma_init, "gamma_init")
+        check_float(gamma_init, "gamma_init")
         self.channels = channels
         self.reduction = reduction
         qk = channels // reduction

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_divisible, check_float
 from attnzoo.families import FeatureMapAttention
 from attnzoo.kernels.dual_attention import channel_attention, position_attention
 from attnzoo.registry import Card, register
@@ -103,12 +103,11 @@ class DualAttention3d(FeatureMapAttention):
         gamma_init: float = 0.0,
     ) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels <= 0:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
         check_divisible(channels, reduction, "channels", "reduction")
         inner = channels // reduction
         check_divisible(inner, qk_reduction, "channels // reduction", "qk_reduction")
-        if energy_sign not in (-1, 1, -1.0, 1.0):
+        check_float(gamma_init, "gamma_init")
+        if check_float(energy_sign, "energy_sign") not in (-1.0, 1.0):
             raise ValueError(f"energy_sign must be -1 or +1, got {energy_sign!r}")
         self.channels = channels
         self.inner_channels = inner

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from attnzoo.checks import check_float, check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.registry import Card, register
 
@@ -69,9 +70,14 @@ class EfficientChannelAttention(FeatureMapAttention):
 
     def __init__(self, channels: int, k_size: int | str = 3, *, gamma: float = 2.0, b: float = 1.0) -> None:
         super().__init__()
-        if k_size == "adaptive":
+        check_int(channels, "channels")
+        check_float(gamma, "gamma", positive=True)
+        check_float(b, "b")
+        if isinstance(k_size, str):
+            if k_size != "adaptive":
+                raise ValueError(f"k_size must be a positive odd int or 'adaptive', got {k_size!r}")
             k_size = eca_kernel_size(channels, gamma, b)
-        if not isinstance(k_size, int) or k_size <= 0 or k_size % 2 == 0:
+        if check_int(k_size, "k_size") % 2 == 0:
             raise ValueError(f"k_size must be a positive odd int or 'adaptive', got {k_size!r}")
         self.channels = channels
         self.k_size = k_size

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.registry import Card, register
 
@@ -111,12 +111,12 @@ class EfficientLocalAttention(FeatureMapAttention):
         if not isinstance(variant, str) or variant.upper() not in ELA_VARIANTS:
             raise ValueError(f"variant must be one of {sorted(ELA_VARIANTS)}, got {variant!r}")
         k, per_group, groups = ELA_VARIANTS[variant.upper()]
-        k = k if kernel_size is None else kernel_size
+        k = k if kernel_size is None else check_int(kernel_size, "kernel_size")
         per_group = per_group if conv_group_channels is None else conv_group_channels
         groups = groups if gn_groups is None else gn_groups
-        if not isinstance(channels, int) or channels <= 0:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        if not isinstance(k, int) or k <= 0 or k % 2 == 0:
+        check_int(channels, "channels")
+        check_bool(shared, "shared")
+        if k % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {k!r}")
         check_divisible(channels, per_group, "channels", "conv_group_channels")
         check_divisible(channels, groups, "channels", "gn_groups")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_divisible, check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.kernels.attention import attention, merge_heads, split_heads
 from attnzoo.registry import Card, register
@@ -81,8 +81,7 @@ class HardAttentionGate(FeatureMapAttention):
 
     def __init__(self, channels: int, *, init: str = "xavier") -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels <= 0:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
+        check_int(channels, "channels")
         if init not in _INITS:
             raise ValueError(f"init must be one of {_INITS}, got {init!r}")
         self.channels = channels
@@ -195,8 +194,9 @@ class GradientRouting:
 class _Attention(nn.Module):
     """timm-style multi-head self-attention (qkv, optional per-head q/k LayerNorm, proj)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, qk_norm: bool, attn_drop: float,
-                 proj_drop: float) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool, qk_norm: bool, attn_drop: float, proj_drop: float
+    ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
         head_dim = dim // num_heads

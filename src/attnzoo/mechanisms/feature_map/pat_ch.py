@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnzoo.checks import check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.registry import Card, register
 
@@ -22,9 +23,8 @@ __all__ = ["PartialChannelAttention"]
 
 
 def _check_n_div(channels: int, n_div: int) -> None:
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 2:
-        raise ValueError(f"channels must be an int >= 2, got {channels!r}")
-    if isinstance(n_div, bool) or not isinstance(n_div, int) or not 2 <= n_div <= channels:
+    check_int(channels, "channels", minimum=2)
+    if check_int(n_div, "n_div", minimum=2) > channels:
         raise ValueError(f"n_div must be an int in [2, channels={channels}], got {n_div!r}")
 
 

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_divisible, check_float, check_rate
 from attnzoo.families import FeatureMapAttention
 from attnzoo.kernels import attention, merge_heads, split_heads
 from attnzoo.mechanisms.feature_map.pat_ch import _check_n_div
@@ -41,7 +41,7 @@ def irpe_euclidean_buckets(
     r, c = (t.reshape(-1) for t in torch.meshgrid(rows, cols, indexing="ij"))  # ONNX: no repeat_interleave
     sq = (r[:, None] - r[None, :]) ** 2 + (c[:, None] - c[None, :]) ** 2
     dis = sq.to(torch.float32).sqrt().round()
-    far = (alpha + torch.log(dis.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha))
+    far = alpha + torch.log(dis.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha)
     idx = torch.where(dis <= alpha, dis, far.round().clamp(max=beta))
     return idx.to(torch.long) + int(beta)
 
@@ -109,8 +109,10 @@ class PartialSelfAttention(FeatureMapAttention):
         self.conv_channels = channels // n_div
         self.attn_channels = channels - self.conv_channels
         check_divisible(self.attn_channels, num_heads, "channels - channels // n_div", "num_heads")
-        if not rpe_ratio >= 1.0:
-            raise ValueError(f"rpe_ratio must be >= 1, got {rpe_ratio!r}")
+        check_float(rpe_ratio, "rpe_ratio", minimum=1.0)
+        check_float(eps, "eps", positive=True)
+        check_rate(attn_drop, "attn_drop")
+        check_rate(proj_drop, "proj_drop")
         self.num_heads = num_heads
         self.rpe_ratio = float(rpe_ratio)
         self.attn_drop = attn_drop

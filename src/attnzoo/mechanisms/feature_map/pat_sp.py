@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnzoo.checks import check_float, check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.registry import Card, register
 
@@ -60,9 +61,9 @@ class PartialSpatialAttention(FeatureMapAttention):
 
     def __init__(self, channels: int, partial: float = 0.5, num_heads: int = 1) -> None:
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 2:
-            raise ValueError(f"channels must be an int >= 2, got {channels!r}")
-        conv_channels = int(partial * channels)
+        check_int(channels, "channels", minimum=2)
+        check_int(num_heads, "num_heads")
+        conv_channels = int(check_float(partial, "partial") * channels)
         if not 0 < conv_channels < channels:
             raise ValueError(
                 f"partial={partial!r} must leave both parts non-empty: floor(partial * {channels}) "

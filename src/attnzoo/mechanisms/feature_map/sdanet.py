@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.capture import capturing, record
-from attnzoo.checks import check_tensor
+from attnzoo.checks import check_float, check_int, check_tensor
 from attnzoo.families import FeatureMapAttention
 from attnzoo.kernels import attention_reference
 from attnzoo.registry import Card, register
@@ -103,13 +103,12 @@ class SelectiveDenseAttention(FeatureMapAttention):
     ) -> None:
         super().__init__()
         for name, value in (("channels", channels), ("num_levels", num_levels), ("hidden", hidden)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(refine_level, int) or not 0 <= refine_level < num_levels:
+            check_int(value, name)
+        if check_int(refine_level, "refine_level", minimum=0) >= num_levels:
             raise ValueError(f"refine_level must be in [0, num_levels={num_levels}), got {refine_level!r}")
-        if not isinstance(kernel_size, int) or kernel_size <= 0 or kernel_size % 2 == 0:
+        if check_int(kernel_size, "kernel_size") % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-        planes = int(channels * context_ratio)
+        planes = int(channels * check_float(context_ratio, "context_ratio"))
         if planes <= 0:
             raise ValueError(f"context_ratio={context_ratio!r} leaves no channels for C={channels}")
         self.channels = channels

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnzoo.checks import check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.registry import Card, register
 
@@ -49,8 +50,9 @@ class SqueezeExcitation(FeatureMapAttention):
 
     def __init__(self, channels: int, reduction: int = 16, *, min_channels: int = 1) -> None:
         super().__init__()
-        if reduction <= 0:
-            raise ValueError(f"reduction must be positive, got {reduction}")
+        check_int(channels, "channels")
+        check_int(reduction, "reduction")
+        check_int(min_channels, "min_channels")
         self.channels = channels
         hidden = max(min_channels, channels // reduction)
         self.fc1 = nn.Conv2d(channels, hidden, 1)

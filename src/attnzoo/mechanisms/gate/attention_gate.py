@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnzoo.checks import check_bool, check_int
 from attnzoo.families import Gate
 from attnzoo.registry import Card, register
 
@@ -69,19 +70,20 @@ class AdditiveAttentionGate(Gate):
         output_transform: bool = True,
     ) -> None:
         super().__init__()
-        for arg, value in (("channels", channels), ("gate_channels", gate_channels)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{arg} must be a positive int, got {value!r}")
-        inter = max(1, channels // 2) if inter_channels is None else inter_channels
-        if not isinstance(inter, int) or inter <= 0:
-            raise ValueError(f"inter_channels must be a positive int, got {inter_channels!r}")
-        factor = (sub_sample_factor,) * self.dims if isinstance(sub_sample_factor, int) else sub_sample_factor
-        factor = tuple(factor)
-        if len(factor) != self.dims or not all(isinstance(f, int) and f > 0 for f in factor):
-            raise ValueError(
-                f"sub_sample_factor must be a positive int or {self.dims} positive ints, "
-                f"got {sub_sample_factor!r}"
-            )
+        check_int(channels, "channels")
+        check_int(gate_channels, "gate_channels")
+        check_bool(output_transform, "output_transform")
+        inter = (
+            max(1, channels // 2) if inter_channels is None else check_int(inter_channels, "inter_channels")
+        )
+        if isinstance(sub_sample_factor, (tuple, list)):
+            if len(sub_sample_factor) != self.dims:
+                raise ValueError(
+                    f"sub_sample_factor must be an int or {self.dims} ints, got {tuple(sub_sample_factor)}"
+                )
+            factor = tuple(check_int(f, "sub_sample_factor") for f in sub_sample_factor)
+        else:
+            factor = (check_int(sub_sample_factor, "sub_sample_factor"),) * self.dims
         conv = _CONV[self.dims]
         self.channels = channels
         self.gate_channels = gate_channels

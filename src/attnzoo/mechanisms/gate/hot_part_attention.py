@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.capture import capturing, record
+from attnzoo.checks import check_int
 from attnzoo.families import Gate
 from attnzoo.registry import Card, register
 
@@ -39,12 +40,6 @@ class HOTPartOutput(NamedTuple):
     out: torch.Tensor
     part_logits: torch.Tensor
     part_features: torch.Tensor
-
-
-def _positive(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 @register(
@@ -105,14 +100,14 @@ class HOTPartAttention(Gate):
         out_channels: int | None = None,
     ) -> None:
         super().__init__()
-        self.channels = _positive(channels, "channels")
-        self.num_parts = _positive(num_parts, "num_parts")
-        self.gate_channels = _positive(channels if gate_channels is None else gate_channels, "gate_channels")
+        self.channels = check_int(channels, "channels")
+        self.num_parts = check_int(num_parts, "num_parts")
+        self.gate_channels = check_int(channels if gate_channels is None else gate_channels, "gate_channels")
         if part_channels is None and channels < 8:
             raise ValueError(f"channels must be >= 8 for the default part_channels = C // 8, got {channels}")
         cp = channels // 8 if part_channels is None else part_channels
-        self.part_channels = _positive(cp, "part_channels")
-        self.out_channels = _positive(channels if out_channels is None else out_channels, "out_channels")
+        self.part_channels = check_int(cp, "part_channels")
+        self.out_channels = check_int(channels if out_channels is None else out_channels, "out_channels")
         cg, k, cp = self.gate_channels, self.num_parts, self.part_channels
         self.part_conv = nn.Conv2d(cg, cg, 3, padding=1, bias=False)
         self.part_bn = nn.BatchNorm2d(cg)
@@ -129,8 +124,10 @@ class HOTPartAttention(Gate):
         """Fused output, part logits and per-part pooled features (call through ``forward`` to validate)."""
         logits = self.part_logits(g)
         size = x.shape[-2:]
-        full = logits if logits.shape[-2:] == size else F.interpolate(
-            logits, size=size, mode="bilinear", align_corners=False
+        full = (
+            logits
+            if logits.shape[-2:] == size
+            else F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         )
         attn = full.softmax(dim=1)
         if capturing():

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.capture import module_scope
-from attnzoo.checks import check_tensor
+from attnzoo.checks import check_float, check_int, check_tensor
 from attnzoo.families import Gate
 from attnzoo.mechanisms.feature_map.danet_cam import ChannelSelfAttention
 from attnzoo.mechanisms.feature_map.danet_pam import PositionAttention
@@ -77,19 +77,23 @@ class _SemanticEncoderDecoder(nn.Module):
         super().__init__()
         relu = nn.ReLU
         self.enc1 = nn.Sequential(
-            *_conv_bn(in_dim, 2 * in_dim, relu()), *_conv_bn(2 * in_dim, 2 * in_dim, relu()),
+            *_conv_bn(in_dim, 2 * in_dim, relu()),
+            *_conv_bn(2 * in_dim, 2 * in_dim, relu()),
             nn.MaxPool2d(2, 2, ceil_mode=True),
         )
         self.enc2 = nn.Sequential(
-            *_conv_bn(2 * in_dim, 4 * in_dim, relu()), *_conv_bn(4 * in_dim, 4 * in_dim, relu()),
+            *_conv_bn(2 * in_dim, 4 * in_dim, relu()),
+            *_conv_bn(4 * in_dim, 4 * in_dim, relu()),
             nn.MaxPool2d(2, 2, ceil_mode=True),
         )
         self.dec2 = nn.Sequential(
-            *_conv_bn(4 * in_dim, 2 * in_dim, relu()), *_conv_bn(2 * in_dim, 2 * in_dim, relu()),
+            *_conv_bn(4 * in_dim, 2 * in_dim, relu()),
+            *_conv_bn(2 * in_dim, 2 * in_dim, relu()),
             nn.ConvTranspose2d(2 * in_dim, 2 * in_dim, 2, stride=2),
         )
         self.dec1 = nn.Sequential(
-            *_conv_bn(2 * in_dim, in_dim, relu()), *_conv_bn(in_dim, in_dim, relu()),
+            *_conv_bn(2 * in_dim, in_dim, relu()),
+            *_conv_bn(in_dim, in_dim, relu()),
             nn.ConvTranspose2d(in_dim, in_dim, 2, stride=2),
         )
 
@@ -164,10 +168,12 @@ class MultiScaleGuidedAttention(Gate):
 
     def __init__(self, channels: int, *, gamma_init: float = 0.0) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels < 8:
+        if check_int(channels, "channels") < 8:
             raise ValueError(
                 f"channels must be an int >= 8 (PAM uses C // 8 query channels), got {channels!r}"
             )
+        check_float(gamma_init, "gamma_init")
+        check_float(gamma_init, "gamma_init")
         self.channels = channels
         self.gate_channels = channels
         self.step1 = _GuidedStep(channels, gamma_init)

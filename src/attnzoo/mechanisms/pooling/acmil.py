@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.capture import module_scope
-from attnzoo.checks import check_tensor, tracing
+from attnzoo.checks import check_int, check_rate, check_tensor, tracing
 from attnzoo.families import Pooling, PoolOutput
 from attnzoo.mechanisms.pooling.attention_mil import InstanceAttentionScorer
 from attnzoo.registry import Card, register
@@ -102,7 +102,12 @@ def acmil_diversity_loss(attention: torch.Tensor) -> torch.Tensor:
         ),
         tiny={"dim": 12, "hidden_dim": 8, "attn_dim": 8, "branches": 3},
         bench={
-            "dim": 1024, "hidden_dim": 512, "attn_dim": 128, "branches": 5, "n_masked": 10, "mask_drop": 0.6
+            "dim": 1024,
+            "hidden_dim": 512,
+            "attn_dim": 128,
+            "branches": 5,
+            "n_masked": 10,
+            "mask_drop": 0.6,
         },
     )
 )
@@ -139,16 +144,12 @@ class ACMIL(Pooling):
         super().__init__()
         sizes = {"dim": dim, "hidden_dim": hidden_dim, "attn_dim": attn_dim, "branches": branches}
         for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(n_masked, bool) or not isinstance(n_masked, int) or n_masked < 0:
-            raise ValueError(f"n_masked must be a non-negative int, got {n_masked!r}")
-        if not 0.0 <= float(mask_drop) < 1.0:
-            raise ValueError(f"mask_drop must be in [0, 1), got {mask_drop!r}")
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes <= 0):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+            check_int(value, name)
+        check_int(n_masked, "n_masked", minimum=0)
+        check_rate(mask_drop, "mask_drop")
+        if num_classes is not None:
+            check_int(num_classes, "num_classes")
+        check_rate(dropout, "dropout")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.dim = dim
@@ -174,9 +175,7 @@ class ACMIL(Pooling):
         Applied only in training with ``n_masked > 0 and mask_drop > 0``; otherwise only padding drops.
         """
         b, m, n = logits.shape
-        present = (
-            torch.ones(b, n, dtype=torch.bool, device=logits.device) if mask is None else mask
-        )
+        present = torch.ones(b, n, dtype=torch.bool, device=logits.device) if mask is None else mask
         keep = present[:, None, :].expand(b, m, n)
         if not (self.training and self.n_masked > 0 and self.mask_drop > 0.0):
             return keep

@@ -19,17 +19,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnzoo.checks import check_bool, check_int
 from attnzoo.families import Pooling, PoolOutput
 from attnzoo.kernels import attention_reference
 from attnzoo.registry import Card, register
 
 __all__ = ["AttentionMIL", "InstanceAttentionScorer"]
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class InstanceAttentionScorer(nn.Module):
@@ -135,11 +130,10 @@ class AttentionMIL(Pooling):
 
     def __init__(self, dim: int, attn_dim: int = 128, branches: int = 1, *, gated: bool = True) -> None:
         super().__init__()
-        self.dim = _positive_int(dim, "dim")
-        self.attn_dim = _positive_int(attn_dim, "attn_dim")
-        self.branches = _positive_int(branches, "branches")
-        if not isinstance(gated, bool):
-            raise TypeError(f"gated must be a bool, got {type(gated).__name__}")
+        self.dim = check_int(dim, "dim")
+        self.attn_dim = check_int(attn_dim, "attn_dim")
+        self.branches = check_int(branches, "branches")
+        check_bool(gated, "gated")
         self.attention = InstanceAttentionScorer(dim, attn_dim, branches, gated=gated)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

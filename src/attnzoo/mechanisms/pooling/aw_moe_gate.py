@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnzoo.checks import check_tensor
+from attnzoo.checks import check_int, check_tensor
 from attnzoo.families import Pooling, PoolOutput
 from attnzoo.registry import Card, register
 
@@ -71,10 +71,13 @@ class AWMoEGate(Pooling):
 
     def __init__(self, dim: int, num_experts: int, gate_hidden: int = 64, attn_hidden: int = 64) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("num_experts", num_experts), ("gate_hidden", gate_hidden),
-                            ("attn_hidden", attn_hidden)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name, value in (
+            ("dim", dim),
+            ("num_experts", num_experts),
+            ("gate_hidden", gate_hidden),
+            ("attn_hidden", attn_hidden),
+        ):
+            check_int(value, name)
         self.dim = dim
         self.num_experts = num_experts
         self.gate_unit = nn.Sequential(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_int, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention, merge_heads, split_heads
 from attnzoo.layout import bchw_to_bnc, bnc_to_bchw
@@ -57,22 +57,19 @@ _SHARED_LEDGER = (
 
 
 def _side(agent_num: int) -> int:
-    side = math.isqrt(agent_num) if agent_num > 0 else 0
-    if agent_num <= 0 or side * side != agent_num:
+    side = math.isqrt(check_int(agent_num, "agent_num"))
+    if side * side != agent_num:
         raise ValueError(f"agent_num must be a positive perfect square (agents form a grid), got {agent_num}")
     return side
 
 
 def _pair(window: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(window, int):
-        window = (window, window)
-    if (
-        not isinstance(window, (tuple, list))
-        or len(window) != 2
-        or not all(isinstance(w, int) and w > 0 for w in window)
-    ):
+    if not isinstance(window, (tuple, list)):
+        side = check_int(window, "window")
+        return side, side
+    if len(window) != 2:
         raise ValueError(f"window must be a positive int or a pair of positive ints (H, W), got {window!r}")
-    return int(window[0]), int(window[1])
+    return check_int(window[0], "window"), check_int(window[1], "window")
 
 
 def _resize_last(bias: torch.Tensor, length: int) -> torch.Tensor:
@@ -164,10 +161,11 @@ class AgentAttention(TokenMixer):
         check_divisible(dim, num_heads, "dim", "num_heads")
         self.pool_side = _side(agent_num)
         win_h, win_w = _pair(window)
-        if not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
-            raise ValueError(f"num_prefix_tokens must be a non-negative int, got {num_prefix_tokens!r}")
-        if not isinstance(sr_ratio, int) or sr_ratio < 1:
-            raise ValueError(f"sr_ratio must be a positive int, got {sr_ratio!r}")
+        check_int(num_prefix_tokens, "num_prefix_tokens", minimum=0)
+        check_int(sr_ratio, "sr_ratio")
+        check_bool(qkv_bias, "qkv_bias")
+        check_rate(attn_drop, "attn_drop")
+        check_rate(proj_drop, "proj_drop")
         if sr_ratio > 1 and num_prefix_tokens > 0:
             raise ValueError(
                 "sr_ratio > 1 with num_prefix_tokens > 0 is not defined (neither the paper nor the official "

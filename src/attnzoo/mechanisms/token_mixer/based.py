@@ -18,12 +18,10 @@ output: the paper's pairing of global linear attention with exact local attentio
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_float, check_int
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads
 from attnzoo.kernels.linear import linear_attention
@@ -48,8 +46,7 @@ class TaylorFeatureMap(nn.Module):
 
     def __init__(self, feature_dim: int) -> None:
         super().__init__()
-        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim <= 0:
-            raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
+        check_int(feature_dim, "feature_dim")
         self.feature_dim = feature_dim
         self.out_dim = taylor_feature_size(feature_dim)
         self.register_buffer("pairs", torch.triu_indices(feature_dim, feature_dim, 1), persistent=False)
@@ -148,15 +145,17 @@ class BasedAttention(TokenMixer):
         window: int | None = None,
     ) -> None:
         super().__init__()
+        check_int(dim, "dim")
+        check_int(num_heads, "num_heads")
         if head_dim is None:
             check_divisible(dim, num_heads, "dim", "num_heads")
             head_dim = dim // num_heads
-        elif isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
-            raise ValueError(f"head_dim must be a positive int or None, got {head_dim!r}")
-        if num_heads <= 0:
-            raise ValueError(f"num_heads must be positive, got {num_heads}")
-        if not (isinstance(eps, (int, float)) and eps >= 0 and math.isfinite(eps)):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        else:
+            check_int(head_dim, "head_dim")
+        if window is not None:
+            check_int(window, "window", minimum=0)
+        check_bool(causal, "causal")
+        check_float(eps, "eps", minimum=0.0)
         self.dim = dim
         self.num_heads = num_heads
         self.feature_dim = feature_dim

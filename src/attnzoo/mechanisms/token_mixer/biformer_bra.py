@@ -34,20 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_float, check_int
 from attnzoo.families import TokenMixer
 from attnzoo.kernels.grouped import routed_region_attention
 from attnzoo.registry import Card, register
 
 __all__ = ["BiLevelRoutingAttention"]
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
 
 
 @register(
@@ -141,21 +133,21 @@ class BiLevelRoutingAttention(TokenMixer):
         auto_pad: bool = True,
     ) -> None:
         super().__init__()
-        _positive_int(dim, "dim")
-        _positive_int(num_heads, "num_heads")
-        _positive_int(n_win, "n_win")
-        _positive_int(topk, "topk")
-        qk_dim = dim if qk_dim is None else _positive_int(qk_dim, "qk_dim")
+        check_int(dim, "dim")
+        check_int(num_heads, "num_heads")
+        check_int(n_win, "n_win")
+        check_int(topk, "topk")
+        qk_dim = dim if qk_dim is None else check_int(qk_dim, "qk_dim")
         check_divisible(dim, num_heads, "dim", "num_heads")
         check_divisible(qk_dim, num_heads, "qk_dim", "num_heads")
         if topk > n_win * n_win:
             raise ValueError(f"topk={topk} exceeds the number of regions n_win**2={n_win * n_win}")
-        if isinstance(side_dwconv, bool) or not isinstance(side_dwconv, int):
-            raise TypeError(f"side_dwconv must be an int, got {type(side_dwconv).__name__}")
-        if side_dwconv < 0 or (side_dwconv > 0 and side_dwconv % 2 == 0):
+        for name, flag in (("qkv_bias", qkv_bias), ("out_proj", out_proj), ("auto_pad", auto_pad)):
+            check_bool(flag, name)
+        if check_int(side_dwconv, "side_dwconv", minimum=0) % 2 == 0 and side_dwconv > 0:
             raise ValueError(f"side_dwconv must be 0 (no LePE) or a positive odd int, got {side_dwconv}")
-        if qk_scale is not None and not qk_scale > 0:
-            raise ValueError(f"qk_scale must be positive or None, got {qk_scale}")
+        if qk_scale is not None:
+            check_float(qk_scale, "qk_scale", positive=True)
         self.dim = dim
         self.num_heads = num_heads
         self.n_win = n_win

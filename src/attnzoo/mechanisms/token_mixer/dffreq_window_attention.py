@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_int
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention
 from attnzoo.layout import bchw_to_bnc, bnc_to_bchw
@@ -99,8 +99,8 @@ class DFFreqWindowAttention(TokenMixer):
     ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
-        if not isinstance(window_size, int) or window_size <= 0:
-            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
+        check_int(window_size, "window_size")
+        check_bool(bias, "bias")
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
         self.dim = dim

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from attnzoo.capture import capturing, record
-from attnzoo.checks import check_tensor
+from attnzoo.checks import check_bool, check_float, check_int, check_tensor
 from attnzoo.families import TokenMixer
 from attnzoo.registry import Card, register
 
@@ -116,16 +116,18 @@ class GaussianAdaptiveAttention(TokenMixer):
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("num_gaussians", num_gaussians), ("num_heads", num_heads)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(value, name)
+        check_bool(official_head_eps, "official_head_eps")
         if axis not in ("tokens", "channels"):
             raise ValueError(f"axis must be 'tokens' or 'channels', got {axis!r}")
         if axis == "channels" and 2 * num_heads > dim:
             raise ValueError(
                 f"axis='channels' needs at least 2 channels per head: num_heads={num_heads}, dim={dim}"
             )
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        check_float(eps, "eps", positive=True)
+        check_float(mean_offset_init, "mean_offset_init")
+        if padding_value is not None:
+            check_float(padding_value, "padding_value")
         self.dim = dim
         self.num_gaussians = num_gaussians
         self.num_heads = num_heads

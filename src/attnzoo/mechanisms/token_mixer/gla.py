@@ -13,14 +13,13 @@ GLA layer then applies a per-head RMSNorm and a swish output gate:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.checks import check_divisible, check_tensor
+from attnzoo.checks import check_bool, check_divisible, check_float, check_int, check_tensor
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.kernels.linear import linear_attention, linear_attention_step
@@ -39,11 +38,10 @@ _FUSED_NORM = "g_norm_swish_gate.weight"
 
 def gla_widths(dim: int, num_heads: int, expand_k: float, expand_v: float) -> tuple[int, int]:
     """``(key_dim, value_dim) = (int(dim * expand_k), int(dim * expand_v))``, both divisible by heads."""
-    if num_heads <= 0:
-        raise ValueError(f"num_heads must be positive, got {num_heads}")
-    for name, value in (("expand_k", expand_k), ("expand_v", expand_v)):
-        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    check_int(dim, "dim")
+    check_int(num_heads, "num_heads")
+    check_float(expand_k, "expand_k", positive=True)
+    check_float(expand_v, "expand_v", positive=True)
     key_dim, value_dim = int(dim * expand_k), int(dim * expand_v)
     check_divisible(key_dim, num_heads, "key_dim (dim * expand_k)", "num_heads")
     check_divisible(value_dim, num_heads, "value_dim (dim * expand_v)", "num_heads")
@@ -52,9 +50,8 @@ def gla_widths(dim: int, num_heads: int, expand_k: float, expand_v: float) -> tu
 
 def check_gate_args(gate_logit_normalizer: float, clamp_min: float | None) -> None:
     """Validate the GLA gate settings: ``gate_logit_normalizer > 0``, ``clamp_min <= 0`` or ``None``."""
-    if not (isinstance(gate_logit_normalizer, (int, float)) and gate_logit_normalizer > 0):
-        raise ValueError(f"gate_logit_normalizer must be positive, got {gate_logit_normalizer!r}")
-    if clamp_min is not None and not (isinstance(clamp_min, (int, float)) and clamp_min <= 0):
+    check_float(gate_logit_normalizer, "gate_logit_normalizer", positive=True)
+    if clamp_min is not None and check_float(clamp_min, "clamp_min") > 0:
         raise ValueError(f"clamp_min must be a number <= 0 or None, got {clamp_min!r}")
 
 
@@ -196,8 +193,11 @@ class GatedLinearAttention(TokenMixer):
         causal: bool = True,
     ) -> None:
         super().__init__()
-        if not causal:
+        if not check_bool(causal, "causal"):
             raise ValueError("causal must be True: GLA is causal (the bidirectional mixer is 'vig')")
+        check_int(gate_low_rank_dim, "gate_low_rank_dim")
+        check_float(norm_eps, "norm_eps", positive=True)
+        check_float(norm_eps, "norm_eps", positive=True)
         self.key_dim, self.value_dim = gla_widths(dim, num_heads, expand_k, expand_v)
         check_gate_args(gate_logit_normalizer, clamp_min)
         self.dim = dim

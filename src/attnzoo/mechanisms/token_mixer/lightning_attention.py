@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.checks import check_divisible, check_tensor, tracing
+from attnzoo.checks import check_bool, check_divisible, check_int, check_tensor, tracing
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.kernels.linear import linear_attention, linear_attention_step
@@ -158,11 +158,11 @@ class LightningAttention(TokenMixer):
     ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
-        if not causal:
+        check_bool(bias, "bias")
+        if not check_bool(causal, "causal"):
             raise ValueError("causal must be True: Lightning Attention is a causal mixer")
-        if not isinstance(num_layers, int) or num_layers < 2:
-            raise ValueError(f"num_layers must be an int >= 2, got {num_layers!r}")
-        if not isinstance(layer_idx, int) or not 0 <= layer_idx < num_layers:
+        check_int(num_layers, "num_layers", minimum=2)
+        if check_int(layer_idx, "layer_idx", minimum=0) >= num_layers:
             raise ValueError(f"layer_idx must be an int in [0, num_layers), got {layer_idx!r}")
         self.dim = dim
         self.num_heads = num_heads

@@ -13,13 +13,11 @@ a ones column, so that the normaliser ``z`` is the last column of the state.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.checks import check_divisible, check_tensor
+from attnzoo.checks import check_bool, check_divisible, check_float, check_rate, check_tensor
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.kernels.linear import linear_attention, linear_attention_bidirectional, linear_attention_step
@@ -88,8 +86,10 @@ class LinearAttention(TokenMixer):
     ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
-        if not (isinstance(eps, (int, float)) and eps >= 0 and math.isfinite(eps)):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        check_float(eps, "eps", minimum=0.0)
+        check_bool(causal, "causal")
+        check_bool(qkv_bias, "qkv_bias")
+        check_rate(proj_drop, "proj_drop")
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads

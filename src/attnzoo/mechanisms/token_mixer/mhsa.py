@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention, merge_heads, split_heads
 from attnzoo.registry import Card, register
@@ -63,6 +63,10 @@ class MultiHeadSelfAttention(TokenMixer):
     ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
+        check_bool(qkv_bias, "qkv_bias")
+        check_bool(causal, "causal")
+        check_rate(attn_drop, "attn_drop")
+        check_rate(proj_drop, "proj_drop")
         self.dim = dim
         self.num_heads = num_heads
         self.causal = causal

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_int, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention, merge_heads
 from attnzoo.registry import Card, register
@@ -123,21 +123,26 @@ class MoHAttention(TokenMixer):
         proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        if not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+        check_int(dim, "dim")
+        check_int(num_heads, "num_heads")
         if head_dim is None:
             check_divisible(dim, num_heads, "dim", "num_heads")
             head_dim = dim // num_heads
-        elif not isinstance(head_dim, int) or head_dim <= 0:
-            raise ValueError(f"head_dim must be a positive int or None, got {head_dim!r}")
+        else:
+            check_int(head_dim, "head_dim")
+        for name, flag in (("qkv_bias", qkv_bias), ("qk_norm", qk_norm), ("causal", causal)):
+            check_bool(flag, name)
+        check_bool(sparse_heads, "sparse_heads")
+        check_rate(attn_drop, "attn_drop")
+        check_rate(proj_drop, "proj_drop")
         if shared_head is None:
             shared_head = num_heads // 2
-        if not isinstance(shared_head, int) or not 0 <= shared_head <= num_heads:
+        if check_int(shared_head, "shared_head", minimum=0) > num_heads:
             raise ValueError(f"shared_head must be an int in [0, num_heads={num_heads}], got {shared_head!r}")
         candidates = num_heads - shared_head
         if routed_head is None:
             routed_head = max(1, candidates // 2) if candidates else 0
-        if not isinstance(routed_head, int) or not 0 <= routed_head <= candidates:
+        if check_int(routed_head, "routed_head", minimum=0) > candidates:
             raise ValueError(
                 f"routed_head must be an int in [0, num_heads - shared_head = {candidates}], "
                 f"got {routed_head!r}"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_float, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads
 from attnzoo.kernels.neighborhood import neighborhood_attention
@@ -43,7 +43,8 @@ _LEDGER_COMMON = (
     "Inputs smaller than kernel_size * dilation raise ValueError (as NATTEN >= 0.20); NATTEN <= 0.17 "
     "modules zero-padded such inputs before the qkv projection and cropped after.",
     "Even kernel sizes are allowed as in NATTEN >= 0.20 (k//2 keys before, k//2 - 1 after); the "
-    "papers and NATTEN <= 0.17 use odd kernels only.",
+    "papers and NATTEN <= 0.17 use odd kernels only. kernel_size=1 (each query attends only to "
+    "itself) is accepted; NATTEN requires kernel_size >= 2.",
     "NATTEN's strided NA (stride > 1) and neighbourhood cross-attention (additional_keys) are not "
     "implemented.",
 )
@@ -84,15 +85,17 @@ class _NeighborhoodAttention(TokenMixer):
     ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
-        if qk_scale is not None and not (isinstance(qk_scale, (int, float)) and qk_scale > 0):
-            raise ValueError(f"qk_scale must be a positive number or None, got {qk_scale!r}")
-        if not 0.0 <= attn_drop < 1.0:
-            raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop}")
+        if qk_scale is not None:
+            check_float(qk_scale, "qk_scale", positive=True)
+        check_rate(attn_drop, "attn_drop")
+        check_rate(proj_drop, "proj_drop")
+        for name, flag in (("causal", causal), ("rel_pos_bias", rel_pos_bias), ("qkv_bias", qkv_bias)):
+            check_bool(flag, name)
         self.dim = dim
         self.num_heads = num_heads
         self.kernel_size = _pair(kernel_size, self._nd, "kernel_size")
         self.dilation = _pair(dilation, self._nd, "dilation")
-        self.causal = bool(causal)
+        self.causal = causal
         self.scale = float(qk_scale) if qk_scale is not None else (dim // num_heads) ** -0.5
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_tensor
+from attnzoo.checks import check_int, check_rate, check_tensor
 from attnzoo.families import TokenMixer
 from attnzoo.registry import Card, register
 
@@ -87,12 +87,11 @@ class NiNformerGating(TokenMixer):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        token_dim = 4 * seq_len if token_dim is None else token_dim
-        channel_dim = 4 * dim if channel_dim is None else channel_dim
-        sizes = {"dim": dim, "seq_len": seq_len, "token_dim": token_dim, "channel_dim": channel_dim}
-        for name, value in sizes.items():
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+        check_int(dim, "dim")
+        check_int(seq_len, "seq_len")
+        token_dim = 4 * seq_len if token_dim is None else check_int(token_dim, "token_dim")
+        channel_dim = 4 * dim if channel_dim is None else check_int(channel_dim, "channel_dim")
+        check_rate(dropout, "dropout")
         self.dim = dim
         self.seq_len = seq_len
         self.token_norm = nn.LayerNorm(dim)

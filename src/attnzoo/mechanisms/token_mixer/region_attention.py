@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible, check_tensor
+from attnzoo.checks import check_bool, check_divisible, check_float, check_tensor
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.kernels.grouped import segment_attention
@@ -115,10 +115,10 @@ class RegionAttention(TokenMixer):
     ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
-        if scale is not None and not scale > 0:
-            raise ValueError(f"scale must be positive or None, got {scale}")
-        if not bucket_ratio >= 1:
-            raise ValueError(f"bucket_ratio must be >= 1, got {bucket_ratio}")
+        check_bool(bias, "bias")
+        if scale is not None:
+            check_float(scale, "scale", positive=True)
+        check_float(bucket_ratio, "bucket_ratio", minimum=1.0)
         self.dim = dim
         self.num_heads = num_heads
         self.scale = float(scale) if scale is not None else num_heads**-0.5

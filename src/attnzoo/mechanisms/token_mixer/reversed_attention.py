@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.capture import capturing, module_scope, record
-from attnzoo.checks import check_divisible, check_tensor
+from attnzoo.checks import check_bool, check_divisible, check_float, check_rate, check_tensor
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.registry import Card, register
@@ -150,10 +150,12 @@ class ReversedAttention(TokenMixer):
     ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
-        if not selector_temperature > 0:
-            raise ValueError(f"selector_temperature must be positive, got {selector_temperature}")
-        if not 0.0 <= attn_drop < 1.0:
-            raise ValueError(f"attn_drop must be in [0, 1), got {attn_drop}")
+        check_float(selector_temperature, "selector_temperature", positive=True)
+        check_rate(attn_drop, "attn_drop")
+        check_rate(proj_drop, "proj_drop")
+        check_bool(qkv_bias, "qkv_bias")
+        check_bool(head_selector, "head_selector")
+        check_bool(message_controller, "message_controller")
         self.dim = dim
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5

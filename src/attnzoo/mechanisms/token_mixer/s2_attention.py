@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_int, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.kernels.windowed import grouped_attention
@@ -99,10 +99,12 @@ class ShiftedSparseAttention(TokenMixer):
         check_divisible(dim, num_heads, "dim", "num_heads")
         if num_heads % 2:
             raise ValueError(f"num_heads must be even (half of the heads are shifted), got {num_heads}")
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-            raise ValueError(f"group_size must be an int >= 2, got {group_size!r}")
-        if isinstance(num_sink, bool) or not isinstance(num_sink, int) or num_sink < 0:
-            raise ValueError(f"num_sink must be an int >= 0, got {num_sink!r}")
+        check_int(group_size, "group_size", minimum=2)
+        check_int(num_sink, "num_sink", minimum=0)
+        for name, flag in (("causal", causal), ("cyclic", cyclic), ("qkv_bias", qkv_bias)):
+            check_bool(flag, name)
+        check_rate(attn_drop, "attn_drop")
+        check_rate(proj_drop, "proj_drop")
         if cyclic and num_sink:
             raise ValueError("cyclic=True is LongLoRA's S2-Attn, which has no sink tokens: set num_sink=0")
         self.dim = dim

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.checks import check_divisible
+from attnzoo.checks import check_bool, check_divisible, check_int, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.kernels.windowed import sliding_window_attention
@@ -82,10 +82,13 @@ class SlidingWindowAttention(TokenMixer):
     ) -> None:
         super().__init__()
         check_divisible(dim, num_heads, "dim", "num_heads")
-        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-            raise ValueError(f"window must be an int >= 0, got {window!r}")
-        if block_size is not None and (not isinstance(block_size, int) or block_size <= 0):
-            raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+        check_int(window, "window", minimum=0)
+        if block_size is not None:
+            check_int(block_size, "block_size")
+        check_bool(causal, "causal")
+        check_bool(qkv_bias, "qkv_bias")
+        check_rate(attn_drop, "attn_drop")
+        check_rate(proj_drop, "proj_drop")
         self.dim = dim
         self.num_heads = num_heads
         self.window = window

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnzoo.checks import check_bool, check_float, check_int
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
 from attnzoo.kernels.linear import linear_attention_bidirectional
@@ -104,6 +105,11 @@ class ViGAttention(TokenMixer):
         super().__init__()
         self.key_dim, _ = gla_widths(dim, num_heads, expand_k, 1.0)
         check_gate_args(gate_logit_normalizer, clamp_min)
+        check_int(gate_low_rank_dim, "gate_low_rank_dim")
+        check_float(norm_eps, "norm_eps", positive=True)
+        check_float(norm_eps, "norm_eps", positive=True)
+        check_bool(conv_bias, "conv_bias")
+        check_bool(conv_act, "conv_act")
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
