@@ -14,6 +14,7 @@ import torch
 
 import attnzoo
 from attnzoo.analysis.cli import add_analyze_parser
+from attnzoo.docs import constructor_arguments
 from attnzoo.registry import FAMILIES
 from attnzoo.tasks.cli import add_eval_parser
 
@@ -51,6 +52,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"  causal          {'yes' if c.causal else 'no'}; variable size {'yes' if c.variable_size else 'no'}"
     )
     print(f"  benchmark cfg   {dict(c.bench)}")
+    print(f"  arguments       attnzoo.create({c.name!r}, ...):")
+    for a in constructor_arguments(c.name):
+        default = "required" if a.required else f"default {a.default!r}"
+        print(f"    {a.name}: {a.annotation or 'any'} ({default}) - {a.doc or 'undocumented'}")
     print("  ledger:")
     for line in c.ledger:
         print(f"    - {line}")
