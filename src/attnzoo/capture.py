@@ -30,6 +30,7 @@ eager function with the same arguments.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -91,8 +92,10 @@ class capture:
     """Record the attention matrices computed inside the ``with`` block.
 
     Args:
-        model: the model whose module names label the records (optional). A Hugging Face
-            ``transformers`` model must use eager attention (``attn_implementation="eager"``) or an
+        model: the model whose module names label the records (optional; a capture of a model
+            that records nothing warns when it ends: nothing in it formed an attention matrix).
+            A Hugging Face ``transformers`` model must use eager attention
+            (``attn_implementation="eager"``) or an
             ``attnzoo_*`` implementation (``ValueError`` otherwise, e.g. for ``"sdpa"``); without
             ``model``, ``transformers`` attention is still recorded (as ``"<unnamed>"``) but its
             implementation is not checked.
@@ -145,12 +148,20 @@ class capture:
         _ACTIVE.append(self)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         _ACTIVE.remove(self)
         self._inputs.clear()
         if self._stack is not None:
             self._stack.close()
             self._stack = None
+        if exc_type is None and self.model is not None and not self.records:
+            warnings.warn(
+                f"attnzoo.capture recorded no attention in {type(self.model).__name__}: it ran no "
+                "module that forms an attention matrix (attnzoo softmax-type mechanisms, or transformers "
+                "attention under eager or an attnzoo_* implementation); mechanisms without one (linear "
+                "attention, SE, ...) have nothing to capture",
+                stacklevel=2,
+            )
 
     def _keep_input(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = _first_tensor(args, kwargs)

