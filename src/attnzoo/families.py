@@ -54,6 +54,20 @@ def _check_channels(x: torch.Tensor, axis: int, expected: int, name: str, attr: 
         )
 
 
+def _check_dtype(module: nn.Module, **inputs: torch.Tensor) -> None:
+    """Refuse floating inputs whose dtype differs from the module's floating parameters (outside
+    autocast, which casts inside the ops), naming both dtypes and the two ways to convert."""
+    param = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if param is None or torch.is_autocast_enabled(param.device.type):
+        return
+    for name, t in inputs.items():
+        if t.is_floating_point() and t.dtype != param.dtype:
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but {type(module).__name__}'s parameters are {param.dtype}: "
+                f"convert the input ({name}.to({param.dtype})) or the module (module.to({t.dtype}))"
+            )
+
+
 def _check_mask(mask: torch.Tensor | None, b: int, n: int, name: str = "mask") -> torch.Tensor | None:
     if mask is None:
         return None
@@ -94,6 +108,7 @@ class TokenMixer(Mechanism):
     def forward(self, x: torch.Tensor, *, size: tuple[int, ...] | None = None, **extra: Any) -> torch.Tensor:
         check_tensor(x, "x", ndim=3)
         _check_channels(x, 2, self.dim, "x", "dim")
+        _check_dtype(self, x=x)
         nd = self.spatial_dims
         n = x.shape[1] - self.num_prefix_tokens
         if n <= 0:
@@ -130,6 +145,7 @@ class CrossAttention(Mechanism):
         check_tensor(context, "context", ndim=3)
         _check_channels(x, 2, self.dim, "x", "dim")
         _check_channels(context, 2, self.context_dim, "context", "context_dim")
+        _check_dtype(self, x=x, context=context)
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"context batch {context.shape[0]} differs from x batch {x.shape[0]}")
         mask = _check_mask(mask, context.shape[0], context.shape[1])
@@ -149,6 +165,7 @@ class FeatureMapAttention(Mechanism):
     def forward(self, x: torch.Tensor, **extra: Any) -> torch.Tensor:
         check_tensor(x, "x", ndim=2 + self.spatial_dims)
         _check_channels(x, 1, self.channels, "x", "channels")
+        _check_dtype(self, x=x)
         with module_scope(self):
             return self.compute(x, **extra)
 
@@ -166,6 +183,7 @@ class Gate(Mechanism):
         check_tensor(g, "g", ndim=rank)
         _check_channels(x, 1, self.channels, "x", "channels")
         _check_channels(g, 1, self.gate_channels, "g", "gate_channels")
+        _check_dtype(self, x=x, g=g)
         if g.shape[0] != x.shape[0]:
             raise ValueError(f"g batch {g.shape[0]} differs from x batch {x.shape[0]}")
         with module_scope(self):
@@ -194,6 +212,7 @@ class Pooling(Mechanism):
     def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, **extra: Any) -> PoolOutput:
         check_tensor(x, "x", ndim=3)
         _check_channels(x, 2, self.dim, "x", "dim")
+        _check_dtype(self, x=x)
         mask = _check_mask(mask, x.shape[0], x.shape[1])
         if mask is not None and not tracing() and not bool(mask.any(dim=1).all()):
             raise ValueError("mask leaves a bag with no instance: every row needs at least one True")

@@ -51,7 +51,7 @@ def test_cam_weights_anti_correlated_channels() -> None:
     """The official form gives a channel's largest weight to its most anti-correlated channel."""
     base = torch.randn(1, 1, 4, 4, dtype=torch.float64)
     x = torch.cat([base, -base, 0.1 * torch.randn(1, 1, 4, 4, dtype=torch.float64)], dim=1)
-    m = ChannelSelfAttention(3)
+    m = ChannelSelfAttention(3).double()
     with attnzoo.capture(m) as cap:
         m(x)
     (rec,) = cap[""]
