@@ -53,6 +53,12 @@ def _arguments() -> Iterator[tuple[str, str, str, set[str]]]:
 ARGUMENTS = list(_arguments())
 
 
+def _of_kind(kind: str) -> pytest.MarkDecorator:
+    """Parametrize a test over the ``(name, arg)`` of every argument of ``kind``."""
+    chosen = [(n, a) for n, a, k, _ in ARGUMENTS if k == kind]
+    return pytest.mark.parametrize(("name", "arg"), chosen, ids=[f"{n}-{a}" for n, a in chosen])
+
+
 def _build(name: str, **override: object) -> None:
     kwargs = {**attnzoo.card(name).tiny, **override}
     attnzoo.registry.mechanism_class(name)(**kwargs)
@@ -100,21 +106,13 @@ def test_int_argument(name: str, arg: str, tokens: set[str]) -> None:
         _raises(ValueError, name, arg, 0)
 
 
-@pytest.mark.parametrize(
-    ("name", "arg"),
-    [(n, a) for n, a, k, _ in ARGUMENTS if k == "bool"],
-    ids=[f"{n}-{a}" for n, a, k, _ in ARGUMENTS if k == "bool"],
-)
+@_of_kind("bool")
 def test_bool_argument(name: str, arg: str) -> None:
     _raises(TypeError, name, arg, 1)
     _raises(TypeError, name, arg, "yes")
 
 
-@pytest.mark.parametrize(
-    ("name", "arg"),
-    [(n, a) for n, a, k, _ in ARGUMENTS if k == "rate"],
-    ids=[f"{n}-{a}" for n, a, k, _ in ARGUMENTS if k == "rate"],
-)
+@_of_kind("rate")
 def test_rate_argument(name: str, arg: str) -> None:
     _raises(ValueError, name, arg, 1.0)
     _raises(ValueError, name, arg, -0.1)
@@ -123,11 +121,7 @@ def test_rate_argument(name: str, arg: str) -> None:
     _build(name, **{arg: 0.5})
 
 
-@pytest.mark.parametrize(
-    ("name", "arg"),
-    [(n, a) for n, a, k, _ in ARGUMENTS if k == "float"],
-    ids=[f"{n}-{a}" for n, a, k, _ in ARGUMENTS if k == "float"],
-)
+@_of_kind("float")
 def test_float_argument(name: str, arg: str) -> None:
     _raises(TypeError, name, arg, "1.0")
     _raises(TypeError, name, arg, True)

@@ -38,6 +38,7 @@ from torch import nn
 
 from attnzoo.capture import capturing, module_scope, record, wants
 from attnzoo.integrations._hf_names import IMPLEMENTATIONS
+from attnzoo.kernels.attention import allowed_keys
 
 __all__ = [
     "HeadEdit",
@@ -159,7 +160,7 @@ def _wrap(eager: Callable[..., Any]) -> Callable[..., Any]:
             mask = None
             if attention_mask is not None:
                 m = attention_mask[..., :k_len]
-                mask = m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+                mask = allowed_keys(query, key, **({"mask": m} if m.dtype == torch.bool else {"bias": m}))
             scores = None
             if wants("scores"):
                 scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
