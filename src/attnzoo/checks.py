@@ -18,8 +18,11 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
+    "NonFiniteOutputWarning",
     "check_bool",
     "check_divisible",
+    "check_factory_device",
+    "check_factory_dtype",
     "check_float",
     "check_int",
     "check_rate",
@@ -93,6 +96,36 @@ def check_tensor(
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or Inf values")
     return x
+
+
+class NonFiniteOutputWarning(RuntimeWarning):
+    """A mechanism returned NaN/Inf in half precision from finite inputs (an overflow)."""
+
+
+def check_factory_device(device: object, name: str = "device") -> torch.device | None:
+    """``device`` (``None``, a ``str``, an ``int`` index or a :class:`torch.device`) as a
+    :class:`torch.device` that can hold tensors here: ``TypeError`` for another type,
+    ``ValueError`` for a malformed or unavailable device; both name the argument."""
+    if device is None:
+        return None
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"{name} must be a str, int or torch.device, got {type(device).__name__} {device!r}")
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise ValueError(f"{name}={device!r} is not a device this machine can use: {exc}") from None
+    return dev
+
+
+def check_factory_dtype(dtype: object, name: str = "dtype") -> torch.dtype | None:
+    """``dtype`` if it is ``None`` or a floating :class:`torch.dtype`; ``TypeError`` naming the
+    argument otherwise (parameters must be floating)."""
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating torch.dtype (e.g. torch.float64), got {dtype!r}")
+    return dtype
 
 
 def check_size(size: object, n: int, *, spatial_dims: int, name: str = "size") -> tuple[int, ...]:

@@ -20,6 +20,10 @@ pooling            ``forward(x: (B, N, C), *, mask=None) -> PoolOutput(pooled (B
                    attention (B, ..., N))``; ``mask (B, N)`` is True for real instances.
 =================  =====================================================================
 
+Every mechanism's constructor takes torch's factory keywords ``device=`` and ``dtype=`` (added by
+:class:`Mechanism` to each subclass's ``__init__``). A half-precision output that holds NaN/Inf from
+finite inputs (an overflow) raises :class:`attnzoo.checks.NonFiniteOutputWarning`.
+
 Mechanism-specific keyword inputs (a region map, a query embedding, other pyramid levels) pass
 through ``forward`` to ``compute``, which validates them with errors naming the argument.
 Boolean masks everywhere in attnzoo mean True = may attend / is present.
@@ -27,13 +31,25 @@ Boolean masks everywhere in attnzoo mean True = may attend / is present.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from attnzoo.capture import module_scope
-from attnzoo.checks import check_size, check_tensor, tracing
+from attnzoo.checks import (
+    NonFiniteOutputWarning,
+    check_factory_device,
+    check_factory_dtype,
+    check_size,
+    check_tensor,
+    finite_check_enabled,
+    tracing,
+)
 
 __all__ = [
     "CrossAttention",
@@ -79,10 +95,79 @@ def _check_mask(mask: torch.Tensor | None, b: int, n: int, name: str = "mask") -
     return mask
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _flag_nonfinite(module: nn.Module, out: Any) -> Any:
+    """Warn when a half-precision output holds NaN/Inf (inputs were checked finite, so the mechanism
+    overflowed in half precision); one reduction over the output, skipped while tracing."""
+    if tracing() or not finite_check_enabled():
+        return out
+    tensors = [out] if isinstance(out, torch.Tensor) else [t for t in out if isinstance(t, torch.Tensor)]
+    for t in tensors:
+        if t.dtype in _HALF and not bool(torch.isfinite(t).all()):
+            warnings.warn(
+                f"{type(module).__name__} produced NaN/Inf in {t.dtype} from finite inputs (half-precision "
+                "overflow): run it in float32, or under torch.autocast with float32 parameters",
+                NonFiniteOutputWarning,
+                stacklevel=5,
+            )
+            break
+    return out
+
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+_FACTORY = (
+    inspect.Parameter("device", _KW, default=None, annotation="torch.device | str | None"),
+    inspect.Parameter("dtype", _KW, default=None, annotation="torch.dtype | None"),
+)
+
+
+def _with_factory_kwargs(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a mechanism's ``__init__`` so that it takes torch's factory keywords ``device`` and ``dtype``:
+    parameters and buffers are created on ``device`` (``"meta"`` allocates nothing) and floating ones
+    are cast to ``dtype`` once the module is built."""
+    sig = inspect.signature(init)
+    if any(p.name in sig.parameters for p in _FACTORY):
+        raise TypeError(f"{init.__qualname__} declares device/dtype: Mechanism provides them")
+    params = list(sig.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+
+    @functools.wraps(init)
+    def __init__(self: nn.Module, *args: Any, device: Any = None, dtype: Any = None, **kwargs: Any) -> None:
+        device = check_factory_device(device)
+        dtype = check_factory_dtype(dtype)
+        if device is None:
+            init(self, *args, **kwargs)
+        else:
+            with device:
+                init(self, *args, **kwargs)
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    __init__.__signature__ = sig.replace(parameters=[*params[:at], *_FACTORY, *params[at:]])  # type: ignore[attr-defined]
+    __init__.__attnzoo_factory__ = True  # type: ignore[attr-defined]
+    return __init__
+
+
 class Mechanism(nn.Module):
-    """Base of all registered mechanisms; ``card`` is set by :func:`attnzoo.register`."""
+    """Base of all registered mechanisms; ``card`` is set by :func:`attnzoo.register`.
+
+    Every mechanism's constructor also takes torch's factory keywords, as torch layers do.
+
+    Args:
+        device: device on which parameters and buffers are created (``"meta"`` allocates nothing);
+            default: torch's current default device.
+        dtype: floating dtype of the parameters and floating buffers; default: torch's default dtype.
+    """
 
     card: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "__attnzoo_factory__", False):
+            cls.__init__ = _with_factory_kwargs(init)  # type: ignore[method-assign]
 
     @property
     def spatial_dims(self) -> int:
@@ -120,7 +205,7 @@ class TokenMixer(Mechanism):
         else:
             size = (n,)
         with module_scope(self):
-            return self.compute(x, size, **extra)
+            return _flag_nonfinite(self, self.compute(x, size, **extra))
 
 
 class CrossAttention(Mechanism):
@@ -154,7 +239,7 @@ class CrossAttention(Mechanism):
         elif size is not None:
             size = check_size(size, context.shape[1], spatial_dims=1)
         with module_scope(self):
-            return self.compute(x, context, mask, size, **extra)
+            return _flag_nonfinite(self, self.compute(x, context, mask, size, **extra))
 
 
 class FeatureMapAttention(Mechanism):
@@ -167,7 +252,7 @@ class FeatureMapAttention(Mechanism):
         _check_channels(x, 1, self.channels, "x", "channels")
         _check_dtype(self, x=x)
         with module_scope(self):
-            return self.compute(x, **extra)
+            return _flag_nonfinite(self, self.compute(x, **extra))
 
 
 class Gate(Mechanism):
@@ -187,7 +272,7 @@ class Gate(Mechanism):
         if g.shape[0] != x.shape[0]:
             raise ValueError(f"g batch {g.shape[0]} differs from x batch {x.shape[0]}")
         with module_scope(self):
-            return self.compute(x, g, **extra)
+            return _flag_nonfinite(self, self.compute(x, g, **extra))
 
 
 class PoolOutput(NamedTuple):
@@ -217,4 +302,4 @@ class Pooling(Mechanism):
         if mask is not None and not tracing() and not bool(mask.any(dim=1).all()):
             raise ValueError("mask leaves a bag with no instance: every row needs at least one True")
         with module_scope(self):
-            return self.compute(x, mask, **extra)
+            return _flag_nonfinite(self, self.compute(x, mask, **extra))
