@@ -6,6 +6,8 @@
 * :func:`assert_steps_match_forward`: token-by-token ``step`` decoding reproduces the full forward.
 * :func:`randomise`, :func:`randomise_seeded`: replace every parameter by ``N(0, 0.3^2)`` draws (the
   former from the global RNG, the latter from its own seeded generator).
+* :func:`constructor_arguments`, :data:`ALLOWED_ZERO`: every validated constructor argument of every
+  mechanism with its kind (``int``, ``bool``, ``rate``, ``float``), and the counts for which 0 is valid.
 * :func:`tiny_llama`, :func:`tiny_mistral`, :func:`tiny_vit`, :func:`tiny_clip_vision`: tiny
   randomly initialised Hugging Face ``transformers`` models built from config objects (nothing
   downloads); the caller skips when ``transformers`` is missing (``pytest.importorskip``) and seeds
@@ -14,6 +16,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +27,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 __all__ = [
+    "ALLOWED_ZERO",
     "LargestStorage",
     "assert_steps_match_forward",
+    "constructor_arguments",
     "peak_bytes",
     "randomise",
     "randomise_seeded",
@@ -33,6 +39,46 @@ __all__ = [
     "tiny_mistral",
     "tiny_vit",
 ]
+
+
+# Count arguments for which 0 is a meaningful value, with the reason.
+ALLOWED_ZERO: dict[tuple[str, str], str] = {
+    ("agent_attention", "num_prefix_tokens"): "no class/register tokens in front of the grid",
+    ("acmil", "n_masked"): "0 disables the masking of the top-attended instances",
+    ("based", "window"): "a local softmax branch in which every token sees only itself",
+    ("biformer_bra", "side_dwconv"): "0 disables the local-context depthwise conv (LePE), as upstream",
+    ("lightning_attention", "layer_idx"): "layer indices count from 0",
+    ("moh_attention", "shared_head"): "every head is routed, none is always active",
+    ("s2_attention", "num_sink"): "no attention-sink tokens",
+    ("sdanet", "refine_level"): "levels are indexed from 0",
+    ("sliding_window", "window"): "no neighbours: every token attends only to itself",
+}
+_RATE = re.compile(r"(^|_)(drop|dropout)$")
+
+
+def _tokens(annotation: object) -> set[str]:
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return {part.strip().split("[")[0] for part in text.split("|")}
+
+
+def constructor_arguments() -> list[tuple[str, str, str, set[str]]]:
+    """``(mechanism, argument, kind, annotation tokens)`` for every validated constructor argument of
+    every registered mechanism; ``kind`` is ``int`` (also ``int | None``, ``int | tuple``), ``bool``,
+    ``rate`` (a float named ``*drop``/``*dropout``) or ``float``."""
+    import attnzoo
+
+    found = []
+    for name in attnzoo.list_mechanisms():
+        params = inspect.signature(attnzoo.registry.mechanism_class(name).__init__).parameters
+        for param in params.values():
+            tokens = _tokens(param.annotation)
+            if "int" in tokens and "float" not in tokens:
+                found.append((name, param.name, "int", tokens))
+            elif tokens == {"bool"}:
+                found.append((name, param.name, "bool", tokens))
+            elif "float" in tokens:
+                found.append((name, param.name, "rate" if _RATE.search(param.name) else "float", tokens))
+    return found
 
 
 class LargestStorage(TorchDispatchMode):

@@ -8,49 +8,12 @@ is given a wrong type and an out-of-range value on top of the card's ``tiny`` kw
 
 from __future__ import annotations
 
-import inspect
-import re
-from collections.abc import Iterator
-
 import pytest
+from tests.helpers import ALLOWED_ZERO, constructor_arguments
 
 import attnzoo
 
-# Count arguments for which 0 is a meaningful value, with the reason.
-ALLOWED_ZERO: dict[tuple[str, str], str] = {
-    ("agent_attention", "num_prefix_tokens"): "no class/register tokens in front of the grid",
-    ("acmil", "n_masked"): "0 disables the masking of the top-attended instances",
-    ("based", "window"): "a local softmax branch in which every token sees only itself",
-    ("biformer_bra", "side_dwconv"): "0 disables the local-context depthwise conv (LePE), as upstream",
-    ("lightning_attention", "layer_idx"): "layer indices count from 0",
-    ("moh_attention", "shared_head"): "every head is routed, none is always active",
-    ("s2_attention", "num_sink"): "no attention-sink tokens",
-    ("sdanet", "refine_level"): "levels are indexed from 0",
-    ("sliding_window", "window"): "no neighbours: every token attends only to itself",
-}
-RATE = re.compile(r"(^|_)(drop|dropout)$")
-
-
-def _tokens(annotation: object) -> set[str]:
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    return {part.strip().split("[")[0] for part in text.split("|")}
-
-
-def _arguments() -> Iterator[tuple[str, str, str, set[str]]]:
-    """(mechanism, argument, kind, annotation tokens) for every checked constructor argument."""
-    for name in attnzoo.list_mechanisms():
-        params = inspect.signature(attnzoo.registry.mechanism_class(name).__init__).parameters
-        for param in params.values():
-            tokens = _tokens(param.annotation)
-            if "int" in tokens and "float" not in tokens:
-                yield name, param.name, "int", tokens
-            elif tokens == {"bool"}:
-                yield name, param.name, "bool", tokens
-            elif "float" in tokens:
-                yield name, param.name, "rate" if RATE.search(param.name) else "float", tokens
-
-
-ARGUMENTS = list(_arguments())
+ARGUMENTS = constructor_arguments()
 
 
 def _of_kind(kind: str) -> pytest.MarkDecorator:

@@ -81,6 +81,11 @@ class Card:
             ``sizes`` (the sizes to sweep instead of the preset's) and ``variants``
             (``{label: overrides}``, each benchmarked as ``name[label]``, e.g. dense vs sparse) and,
             for cross-attention, ``queries`` (query tokens; the sweep grows the context).
+        sweep: ranges of the random sweep (``tests/test_sweep.py``): constructor keyword -> tuple of
+            choices, drawn independently on top of ``tiny`` (so every combination must build); reserved
+            keys ``size`` (``(lo, hi)`` sizes of every spatial axis, or a list of explicit sizes),
+            ``context_size`` (for cross-attention; same forms) and ``batch`` (``(lo, hi)``, default
+            ``(1, 3)``).
         conformance: per-mechanism overrides for the conformance suite, e.g.
             ``{"sizes": [(4, 6)], "skip": {"compile": "reason"}}``; every skip carries its reason.
         aliases: other names :func:`create` accepts.
@@ -107,6 +112,7 @@ class Card:
     ledger: tuple[str, ...] = ()
     tiny: Mapping[str, Any] = field(default_factory=dict)
     bench: Mapping[str, Any] = field(default_factory=dict)
+    sweep: Mapping[str, Any] = field(default_factory=dict)
     conformance: Mapping[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
 
@@ -125,14 +131,14 @@ class Card:
             raise ValueError(f"card {self.name!r}: causal_only=True needs causal=True")
         if self.spatial_dims not in (0, 1, 2, 3):
             raise ValueError(f"card {self.name!r}: spatial_dims must be 0, 1, 2 or 3")
-        for attr in ("tiny", "bench", "conformance"):
+        for attr in ("tiny", "bench", "sweep", "conformance"):
             object.__setattr__(self, attr, _frozen(getattr(self, attr)))
         for attr in ("parity_fixtures", "layouts", "ledger", "aliases"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
 
     def __reduce__(self) -> tuple[Any, ...]:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for attr in ("tiny", "bench", "conformance"):
+        for attr in ("tiny", "bench", "sweep", "conformance"):
             values[attr] = dict(values[attr])
         return (_card_from_dict, (values,))
 

@@ -132,6 +132,7 @@ class PerceiverAttention(nn.Module):
             "attn_mask (officially NotImplementedError) is not offered.",
         ),
         tiny={"dim": 16, "context_dim": 12, "num_heads": 2, "widening_factor": 2, "context_tokens": 6},
+        sweep={"context_dim": (8, 12), "num_heads": (1, 2), "widening_factor": (1, 2), "size": (1, 8)},
         bench={
             "dim": 256,
             "context_dim": 256,

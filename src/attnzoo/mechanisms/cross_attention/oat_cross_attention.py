@@ -59,6 +59,7 @@ __all__ = ["ObjectCrossAttention"]
             "Seq2SeqTransformer) are not part of this module: stack instances and mix their logits().",
         ),
         tiny={"dim": 16, "d_k": 32},
+        sweep={"dim": (8, 16), "d_k": (8, 32), "size": (1, 8)},
         bench={"dim": 512, "d_k": 512},
     )
 )

@@ -137,6 +137,7 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
             "smoothing_size": 3,
             "position_dims": 2,
         },
+        sweep={"num_heads": (1, 2), "num_iterations": (1, 2), "size": (1, 6)},
         bench={
             "dim": 64,
             "context_dim": 64,

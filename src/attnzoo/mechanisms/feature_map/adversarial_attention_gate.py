@@ -51,6 +51,7 @@ __all__ = ["AdversarialAttentionGate"]
             "Default init is PyTorch's; the official code uses He-normal weights and zero bias.",
         ),
         tiny={"channels": 8, "num_classes": 4},
+        sweep={"channels": (4, 8), "num_classes": (2, 4), "size": (2, 8)},
         bench={"channels": 64, "num_classes": 4},
     )
 )

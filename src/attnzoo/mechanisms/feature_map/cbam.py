@@ -72,6 +72,14 @@ def convert_official_cbam_state_dict(state_dict: Mapping[str, torch.Tensor]) -> 
             "The official pool_types also offer 'lp' and 'lse'; only the paper's avg+max is provided.",
         ),
         tiny={"channels": 8, "reduction": 4, "kernel_size": 3},
+        sweep={
+            "channels": (4, 8, 16),
+            "reduction": (2, 4),
+            "kernel_size": (3, 5, 7),
+            "spatial": (True, False),
+            "spatial_bn": (False, True),
+            "size": (1, 8),
+        },
         bench={"channels": 64, "reduction": 16},
     )
 )

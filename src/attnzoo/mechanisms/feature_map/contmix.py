@@ -163,6 +163,7 @@ class DilatedReparamConv(nn.Module):
             "depth in training only.",
         ),
         tiny={"channels": 8, "kernel_size": 5, "smk_size": 3, "num_heads": 1},
+        sweep={"kernel_size": (5, 7), "num_heads": (1, 2), "size": (3, 8)},
         bench={"channels": 64, "kernel_size": 7, "smk_size": 5, "num_heads": 2},
         conformance={"sizes": [(5, 7), (3, 4)]},
     )

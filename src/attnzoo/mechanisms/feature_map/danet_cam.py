@@ -51,6 +51,7 @@ __all__ = ["ChannelSelfAttention"]
             "gamma starts at 0 as officially (identity at init); gamma_init= changes it.",
         ),
         tiny={"channels": 8, "gamma_init": 0.5},
+        sweep={"channels": (4, 8), "size": (1, 8)},
         bench={"channels": 64},
     )
 )

@@ -52,6 +52,7 @@ __all__ = ["PositionAttention"]
             "Parameter names match the official state_dict (query_conv, key_conv, value_conv, gamma).",
         ),
         tiny={"channels": 16, "gamma_init": 0.5},
+        sweep={"channels": (8, 16), "reduction": (2, 8), "size": (1, 8)},
         bench={"channels": 64},
     )
 )

@@ -79,6 +79,7 @@ class _Channel3d(nn.Module):
             "Multi-scale inputs and deep supervision of DAUNet are network-level and not part of the block.",
         ),
         tiny={"channels": 16, "gamma_init": 0.5},
+        sweep={"channels": (16, 32), "reduction": (2, 8), "qk_reduction": (1, 2), "size": (1, 5)},
         bench={"channels": 64},
     )
 )

@@ -56,6 +56,7 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
             "Only odd k: the official code fails on even k (output length C-1); attnzoo raises.",
         ),
         tiny={"channels": 8, "k_size": 3},
+        sweep={"channels": (4, 8, 16), "k_size": (1, 3, 5, "adaptive"), "size": (1, 8)},
         bench={"channels": 64, "k_size": "adaptive"},
     )
 )

@@ -76,6 +76,7 @@ ELA_VARIANTS: dict[str, tuple[int, int, int]] = {
             "ValueError naming the argument instead of failing inside GroupNorm.",
         ),
         tiny={"channels": 16, "variant": "B"},
+        sweep={"shared": (True, False), "size": (2, 8)},
         bench={
             "channels": 64,
             "variant": "B",

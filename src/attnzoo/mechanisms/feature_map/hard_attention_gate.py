@@ -68,6 +68,7 @@ _INITS = ("xavier", "he", "zeros")
             "are commented out); HardGatedViTBlock has neither and the converter ignores those kwargs.",
         ),
         tiny={"channels": 8},
+        sweep={"channels": (4, 8), "size": (1, 8)},
         bench={"channels": 256},
     )
 )

@@ -57,6 +57,7 @@ def _check_n_div(channels: int, n_div: int) -> None:
             "The block's residual and MLP (PartialNet MLPBlock) are not part of this mechanism.",
         ),
         tiny={"channels": 8, "n_div": 4},
+        sweep={"n_div": (2, 4), "size": (2, 8)},
         bench={"channels": 64, "n_div": 4},
     )
 )

@@ -77,6 +77,7 @@ def irpe_euclidean_buckets(
             "The block's residual and MLP (PartialNet MLPBlock) are not part of this mechanism.",
         ),
         tiny={"channels": 10, "n_div": 5, "num_heads": 2},
+        sweep={"num_heads": (1, 2), "size": (2, 8)},
         bench={"channels": 64, "n_div": 4, "num_heads": 4},
     )
 )

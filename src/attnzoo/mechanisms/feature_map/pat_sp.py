@@ -47,6 +47,7 @@ __all__ = ["PartialSpatialAttention"]
             "accepts); attnzoo raises otherwise.",
         ),
         tiny={"channels": 8, "partial": 0.5},
+        sweep={"partial": (0.25, 0.5), "size": (2, 8)},
         bench={"channels": 64, "partial": 0.5},
     )
 )

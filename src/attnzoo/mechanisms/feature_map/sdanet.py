@@ -66,6 +66,7 @@ __all__ = ["SelectiveDenseAttention"]
             "and one Conv2d(2, L, k).",
         ),
         tiny={"channels": 16, "num_levels": 3, "refine_level": 1, "hidden": 8},
+        sweep={"num_levels": (2, 3), "refine_level": (0, 1), "size": (4, 9)},
         bench={"channels": 256, "num_levels": 5, "refine_level": 2, "hidden": 128},
         conformance={
             "skip": {

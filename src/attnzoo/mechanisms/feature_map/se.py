@@ -36,6 +36,7 @@ __all__ = ["SqueezeExcitation"]
             "Hidden width is max(min_channels, C // reduction) so tiny C never yields 0 channels.",
         ),
         tiny={"channels": 8, "reduction": 4},
+        sweep={"channels": (4, 8, 16), "reduction": (2, 4), "size": (1, 8)},
         bench={"channels": 64, "reduction": 16},
     )
 )

@@ -132,6 +132,12 @@ class AdditiveAttentionGate(Gate):
         spatial_dims=2,
         ledger=attention_gate_ledger(2),
         tiny={"channels": 8, "gate_channels": 16},
+        sweep={
+            "channels": (4, 8),
+            "gate_channels": (4, 16),
+            "output_transform": (True, False),
+            "size": (2, 9),
+        },
         bench={"channels": 64, "gate_channels": 128},
     )
 )

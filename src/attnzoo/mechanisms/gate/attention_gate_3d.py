@@ -31,6 +31,12 @@ __all__ = ["AttentionGate3d"]
         spatial_dims=3,
         ledger=attention_gate_ledger(3),
         tiny={"channels": 8, "gate_channels": 16},
+        sweep={
+            "channels": (4, 8),
+            "gate_channels": (4, 16),
+            "output_transform": (True, False),
+            "size": (2, 6),
+        },
         bench={"channels": 32, "gate_channels": 64},
         conformance={"sizes": [(4, 4, 6), (3, 4, 5)]},
     )

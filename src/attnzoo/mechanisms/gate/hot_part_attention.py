@@ -74,6 +74,7 @@ class HOTPartOutput(NamedTuple):
             "SynchronizedBatchNorm's _tmp_running_* / _running_iter buffers.",
         ),
         tiny={"channels": 16, "num_parts": 3, "gate_channels": 8},
+        sweep={"num_parts": (1, 3), "size": (2, 8)},
         bench={"channels": 512, "num_parts": 18},
     )
 )

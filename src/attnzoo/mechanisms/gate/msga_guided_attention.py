@@ -154,6 +154,7 @@ class _GuidedStep(nn.Module):
             "unweighted; the official training weighs them 0.25 and 0.1 (summed over scales).",
         ),
         tiny={"channels": 8, "gamma_init": 0.5},
+        sweep={"channels": (8, 16), "size": (1, 8)},
         bench={"channels": 64},
     )
 )

@@ -101,6 +101,13 @@ def acmil_diversity_loss(attention: torch.Tensor) -> torch.Tensor:
             "as officially; conf.n_token (stored but unused officially) has no counterpart.",
         ),
         tiny={"dim": 12, "hidden_dim": 8, "attn_dim": 8, "branches": 3},
+        sweep={
+            "dim": (4, 12),
+            "hidden_dim": (4, 8),
+            "attn_dim": (4, 8),
+            "branches": (1, 2, 3),
+            "size": (1, 9),
+        },
         bench={
             "dim": 1024,
             "hidden_dim": 512,

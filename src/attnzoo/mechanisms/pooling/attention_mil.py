@@ -113,6 +113,13 @@ class InstanceAttentionScorer(nn.Module):
             "after tanh and sigmoid, which attnzoo does not model.",
         ),
         tiny={"dim": 12, "attn_dim": 8, "branches": 2},
+        sweep={
+            "dim": (4, 12),
+            "attn_dim": (4, 8),
+            "branches": (1, 2, 3),
+            "gated": (True, False),
+            "size": (1, 10),
+        },
         bench={"dim": 512, "attn_dim": 128, "branches": 1},
     )
 )

@@ -54,6 +54,13 @@ __all__ = ["AWMoEGate"]
             "are training recipe, not part of this module (mask= expresses any masking).",
         ),
         tiny={"dim": 8, "num_experts": 3, "gate_hidden": 8, "attn_hidden": 8},
+        sweep={
+            "dim": (4, 8),
+            "num_experts": (1, 2, 3),
+            "gate_hidden": (4, 8),
+            "attn_hidden": (4, 8),
+            "size": (1, 10),
+        },
         bench={"dim": 64, "num_experts": 8, "gate_hidden": 64, "attn_hidden": 64},
     )
 )

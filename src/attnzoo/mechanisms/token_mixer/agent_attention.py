@@ -122,6 +122,14 @@ def _grid_bias(
             "model's num_prefix_tokens.",
         ),
         tiny={"dim": 16, "num_heads": 2, "agent_num": 4, "window": 4, "num_prefix_tokens": 1},
+        sweep={
+            "dim": (16, 32),
+            "num_heads": (1, 2, 4),
+            "agent_num": (4, 9, 16),
+            "window": (2, 4),
+            "num_prefix_tokens": (0, 1),
+            "size": (2, 8),
+        },
         bench={"dim": 384, "num_heads": 6, "agent_num": 49, "window": 14, "num_prefix_tokens": 1},
     )
 )
@@ -288,6 +296,14 @@ class AgentAttention(TokenMixer):
             "timm's layout), so patch tokens never read them (in timm's Attention they do).",
         ),
         tiny={"dim": 16, "num_heads": 2, "agent_num": 4, "window": 4, "sr_ratio": 2},
+        sweep={
+            "dim": (16, 32),
+            "num_heads": (1, 2, 4),
+            "agent_num": (4, 9),
+            "window": (2, 4),
+            "sr_ratio": (1, 2),
+            "size": (2, 8),
+        },
         bench={"dim": 64, "num_heads": 1, "agent_num": 9, "window": 56, "sr_ratio": 1},
     )
 )

@@ -106,6 +106,14 @@ class TaylorFeatureMap(nn.Module):
             "The BaseConv short-convolution layers of the Based architecture are not part of this mixer.",
         ),
         tiny={"dim": 8, "num_heads": 2, "feature_dim": 3, "window": 2},
+        sweep={
+            "dim": (8, 16),
+            "num_heads": (1, 2),
+            "feature_dim": (2, 3, 4),
+            "window": (None, 1, 2, 3),
+            "causal": (True, False),
+            "size": (1, 12),
+        },
         conformance={
             "skip": {
                 "export_dynamic_size": "the chunked linear-attention kernel (attnzoo.kernels.linear) "

@@ -98,6 +98,13 @@ __all__ = ["BiLevelRoutingAttention"]
             "timm's layout), so patch tokens never read them (in timm's Attention they do).",
         ),
         tiny={"dim": 16, "num_heads": 2, "n_win": 2, "topk": 2, "side_dwconv": 3},
+        sweep={
+            "num_heads": (1, 2),
+            "n_win": (2, 3),
+            "topk": (1, 2),
+            "side_dwconv": (0, 3),
+            "size": (2, 8),
+        },
         bench={"dim": 64, "num_heads": 2, "n_win": 7, "topk": 1, "side_dwconv": 5},
         conformance={"sizes": [(5, 7), (4, 4), (2, 3)]},
     )

@@ -72,6 +72,13 @@ _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
             "timm's layout), so patch tokens never read them (in timm's Attention they do).",
         ),
         tiny={"dim": 8, "num_heads": 2, "window_size": 4, "bias": True},
+        sweep={
+            "dim": (8, 16),
+            "num_heads": (1, 2),
+            "window_size": (2, 4),
+            "bias": (True, False),
+            "size": (4, 9),
+        },
         bench={"dim": 3, "num_heads": 1, "window_size": 8, "bias": False},
     )
 )

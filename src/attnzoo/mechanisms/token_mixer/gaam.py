@@ -85,6 +85,7 @@ def gaam_head_slices(n: int, num_heads: int) -> list[tuple[int, int]]:
             "bf16/fp16 inputs are scored in float32 and the output cast back.",
         ),
         tiny={"dim": 8, "num_gaussians": 3},
+        sweep={"num_gaussians": (1, 3), "num_heads": (1, 2), "axis": ("tokens", "channels"), "size": (4, 10)},
         bench={"dim": 256, "num_heads": 4, "num_gaussians": 5},
     )
 )

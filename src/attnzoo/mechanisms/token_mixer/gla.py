@@ -152,6 +152,14 @@ class GatedLinearAttentionOp(nn.Module):
             "PyTorch's default Linear initialisation.",
         ),
         tiny={"dim": 8, "num_heads": 2},
+        sweep={
+            "dim": (8, 16),
+            "num_heads": (1, 2),
+            "expand_k": (0.5, 1.0),
+            "expand_v": (1.0, 2.0),
+            "gate_low_rank_dim": (4, 16),
+            "size": (1, 12),
+        },
         bench={"dim": 512, "num_heads": 8, "expand_k": 1.0, "expand_v": 1.0, "causal": True},
         conformance={
             "skip": {

@@ -123,6 +123,13 @@ class LightningAttentionOp(nn.Module):
             "buffer is non-persistent in both.",
         ),
         tiny={"dim": 8, "num_heads": 2},
+        sweep={
+            "dim": (8, 16),
+            "num_heads": (1, 2),
+            "layer_idx": (0, 3),
+            "num_layers": (4, 12),
+            "size": (1, 12),
+        },
         bench={"dim": 512, "num_heads": 8, "causal": True},
         conformance={
             "skip": {

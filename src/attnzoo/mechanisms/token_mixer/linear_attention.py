@@ -59,6 +59,13 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
             "AttentionLayer (which uses separate q/k/v Linears; split the fused weight to convert).",
         ),
         tiny={"dim": 8, "num_heads": 2},
+        sweep={
+            "dim": (8, 16),
+            "num_heads": (1, 2, 4),
+            "causal": (False, True),
+            "qkv_bias": (True, False),
+            "size": (1, 12),
+        },
         bench={"dim": 512, "num_heads": 8, "causal": True},
     )
 )

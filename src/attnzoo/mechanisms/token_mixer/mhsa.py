@@ -36,6 +36,13 @@ __all__ = ["MultiHeadSelfAttention"]
             "Verified against torch.nn.MultiheadAttention (same projections, no bias_kv/add_zero_attn).",
         ),
         tiny={"dim": 8, "num_heads": 2},
+        sweep={
+            "dim": (8, 16, 24),
+            "num_heads": (1, 2, 4, 8),
+            "causal": (False, True),
+            "qkv_bias": (True, False),
+            "size": (1, 12),
+        },
         bench={"dim": 256, "num_heads": 4},
     )
 )

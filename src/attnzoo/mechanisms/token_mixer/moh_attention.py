@@ -75,6 +75,13 @@ __all__ = ["MoHAttention"]
             "attnzoo.official.moh_attention adapter renames them.",
         ),
         tiny={"dim": 16, "num_heads": 4, "shared_head": 1, "routed_head": 2},
+        sweep={
+            "shared_head": (1, 2),
+            "routed_head": (1, 2),
+            "causal": (False, True),
+            "qk_norm": (False, True),
+            "size": (1, 10),
+        },
         bench={
             "dim": 768,
             "num_heads": 12,

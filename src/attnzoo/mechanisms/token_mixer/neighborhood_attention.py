@@ -157,6 +157,14 @@ class _NeighborhoodAttention(TokenMixer):
         causal=True,
         ledger=_LEDGER_COMMON,
         tiny={"dim": 8, "num_heads": 2, "kernel_size": 3, "dilation": 2},
+        sweep={
+            "num_heads": (1, 2),
+            "kernel_size": (3, 5),
+            "dilation": (1, 2),
+            "causal": (False, True),
+            "rel_pos_bias": (True, False),
+            "size": (10, 14),
+        },
         bench={"dim": 256, "num_heads": 4, "kernel_size": 31},
         conformance={
             "skip": {
@@ -236,6 +244,7 @@ class NeighborhoodAttention1D(_NeighborhoodAttention):
             "timm's layout), so patch tokens never read them (in timm's Attention they do).",
         ),
         tiny={"dim": 8, "num_heads": 2, "kernel_size": 3},
+        sweep={"num_heads": (1, 2), "kernel_size": (3, 5), "rel_pos_bias": (True, False), "size": (5, 8)},
         bench={"dim": 128, "num_heads": 4, "kernel_size": 7},
     )
 )

@@ -62,6 +62,7 @@ def _mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
             "token_dim = channel_dim = d_ffn); the patch embedding and classifier are not included.",
         ),
         tiny={"dim": 8, "seq_len": 7, "token_dim": 12, "channel_dim": 16},
+        sweep={"token_dim": (4, 12), "channel_dim": (8, 16), "size": [(7,)]},
         bench={"dim": 256, "seq_len": 196, "token_dim": 512, "channel_dim": 512, "sizes": [(196,)]},
         conformance={"sizes": [(7,)]},
     )

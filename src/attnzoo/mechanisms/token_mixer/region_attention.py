@@ -89,6 +89,7 @@ def check_region_map(region_map: object, batch: int, size: tuple[int, int]) -> t
             "region labels), so an exported program holds (B, h, N, N) scores; outputs are unchanged.",
         ),
         tiny={"dim": 16, "num_heads": 2},
+        sweep={"num_heads": (1, 2, 4), "size": (2, 8)},
         bench={"dim": 256, "num_heads": 8},
     )
 )

@@ -119,6 +119,13 @@ def prune_leaves(
             "controller: columns (over the query axis) sum to one.",
         ),
         tiny={"dim": 8, "num_heads": 2},
+        sweep={
+            "dim": (8, 16),
+            "num_heads": (1, 2),
+            "head_selector": (True, False),
+            "message_controller": (True, False),
+            "size": (1, 10),
+        },
         bench={"dim": 384, "num_heads": 6},
     )
 )

@@ -64,6 +64,13 @@ __all__ = ["ShiftedSparseAttention"]
             "computes the sparse pattern.",
         ),
         tiny={"dim": 8, "num_heads": 2, "group_size": 4, "num_sink": 1},
+        sweep={
+            "num_heads": (2, 4),
+            "group_size": (2, 4),
+            "num_sink": (0, 1),
+            "causal": (True, False),
+            "size": (1, 12),
+        },
         bench={"dim": 256, "num_heads": 4, "group_size": 256, "num_sink": 4},
     )
 )

@@ -51,6 +51,13 @@ __all__ = ["SlidingWindowAttention"]
             "Zoology's SlidingAttn masks with an additive -1e4 (near-exact); attnzoo masks exactly.",
         ),
         tiny={"dim": 8, "num_heads": 2, "window": 2, "block_size": 3},
+        sweep={
+            "num_heads": (1, 2),
+            "window": (0, 1, 2, 4),
+            "causal": (False, True),
+            "block_size": (None, 3, 4),
+            "size": (1, 12),
+        },
         bench={"dim": 256, "num_heads": 4, "window": 128, "causal": True},
     )
 )

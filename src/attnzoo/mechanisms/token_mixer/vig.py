@@ -69,6 +69,7 @@ __all__ = ["ViGAttention"]
             "timm's layout), so patch tokens never read them (in timm's Attention they do).",
         ),
         tiny={"dim": 8, "num_heads": 2},
+        sweep={"dim": (8, 16), "num_heads": (1, 2), "size": (2, 8)},
         bench={"dim": 512, "num_heads": 8},
     )
 )
