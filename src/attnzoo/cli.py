@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ import attnzoo
 from attnzoo.analysis.cli import add_analyze_parser
 from attnzoo.docs import constructor_arguments
 from attnzoo.registry import FAMILIES
+from attnzoo.runs import new_run_dir
 from attnzoo.tasks.cli import add_eval_parser
 
 __all__ = ["main"]
@@ -133,19 +133,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_run_dir(root: Path) -> Path:
-    """A directory under ``root`` that did not exist, named after the current UTC time."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    for i in range(100):
-        path = root / (stamp if i == 0 else f"{stamp}-{i}")
-        try:
-            path.mkdir(parents=True)
-        except FileExistsError:
-            continue
-        return path
-    raise SystemExit(f"attnzoo eval-timm: no free run directory under {root}")
-
-
 def _cmd_eval_timm(args: argparse.Namespace) -> int:
     from attnzoo.tasks.timm_digits import PRESETS, report_markdown, run_timm_digits
 
@@ -160,7 +147,7 @@ def _cmd_eval_timm(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"attnzoo eval-timm: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else _new_run_dir(Path(args.runs))
+    out = Path(args.out) if args.out else new_run_dir(Path(args.runs))
     out.mkdir(parents=True, exist_ok=True)
     text = report_markdown(doc)
     (out / "results.json").write_text(json.dumps(doc, indent=1))

@@ -10,6 +10,13 @@ Examples::
     attnzoo eval mqar --preset tiny --mechanisms mhsa --seeds 0,1 --bench reports/bench/bench.json
     attnzoo eval digits --mechanisms mhsa,se,eca --mechanism-kwargs 'mhsa:{"num_heads": 2}'
     attnzoo eval --from reports/eval/mqar/results.json --bench reports/bench/bench.json  # re-render
+    attnzoo eval mqar --seeds 0,1,2 --out reports/eval/mqar         # replace the committed report
+    attnzoo eval mqar --seeds 0,1,2 --resume reports/eval/runs/mqar/20261207-061500  # after a kill
+
+Results go to a new folder under ``--runs`` (default ``reports/eval/runs/<task>/<UTC time>``) unless
+``--out`` names one: the committed reports change only when asked. Every finished run is journaled
+(``runs.jsonl`` in the output folder) as it lands; ``--resume FOLDER`` continues an interrupted eval
+there, training only what it had not finished. The journal is removed once the report is written.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import attnzoo
+from attnzoo.runs import new_run_dir, replace_outputs
 from attnzoo.tasks.catalog import TASKS, get_task
-from attnzoo.tasks.report import markdown_table, write_results
+from attnzoo.tasks.jobs import JOURNAL
+from attnzoo.tasks.report import PRODUCED, markdown_table, write_results
 from attnzoo.tasks.runner import run_eval
 
 __all__ = ["add_eval_parser", "parse_mechanism_kwargs"]
@@ -67,6 +76,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.task is None:
         print("attnzoo eval: name a task (see `attnzoo eval --list`)")
         return 2
+    out: Path | None = None
+    fresh = not (args.out or args.resume)
     try:
         spec = get_task(args.task)
         mechanisms = (
@@ -80,6 +91,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if model is not None and not isinstance(model, dict):
             raise ValueError("--model-kwargs must be a JSON object")
         bench = json.loads(Path(args.bench).read_text()) if args.bench else None
+        out = _output_folder(args, spec.name)
         doc = run_eval(
             spec.name,
             mechanisms,
@@ -94,18 +106,38 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             jobs=args.jobs,
             latency=args.latency,
+            journal=out / JOURNAL,
         )
     except (KeyError, ValueError, OSError) as exc:
+        if fresh and out is not None and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
         print(f"attnzoo eval: {exc}")
         return 2
-    out = Path(args.out or f"reports/eval/{spec.name}")
     paths = write_results(doc, out, bench)
+    replace_outputs(out, paths, PRODUCED)
     print(markdown_table(doc, bench))
     for run in doc["runs"]:
         if run["status"] != "ok":
             print(f"{run['mechanism']} (seed {run['seed']}): {run['error']}")
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0 if any(r["status"] == "ok" for r in doc["runs"]) else 1
+
+
+def _output_folder(args: argparse.Namespace, task: str) -> Path:
+    """``--resume`` (an interrupted eval's folder, with its journal), ``--out`` (named by the user) or
+    a new folder under ``--runs``."""
+    if args.resume:
+        if args.out:
+            raise ValueError("give --resume FOLDER or --out FOLDER, not both")
+        folder = Path(args.resume)
+        if not (folder / JOURNAL).is_file():
+            raise ValueError(
+                f"--resume {folder}: no {JOURNAL} there (the eval finished, or never started in it)"
+            )
+        return folder
+    if args.out:
+        return Path(args.out)
+    return new_run_dir(Path(args.runs) / task)
 
 
 def _rerender(args: argparse.Namespace) -> int:
@@ -120,7 +152,9 @@ def _rerender(args: argparse.Namespace) -> int:
         print(f"attnzoo eval: {exc}")
         return 2
     doc.pop("summary", None)
-    paths = write_results(doc, Path(args.out) if args.out else src.parent, bench)
+    out = Path(args.out) if args.out else new_run_dir(Path(args.runs) / doc["task"]["name"])
+    paths = write_results(doc, out, bench)
+    replace_outputs(out, paths, PRODUCED)
     print(markdown_table(doc, bench))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
@@ -188,8 +222,16 @@ def add_eval_parser(subparsers: Any) -> None:
         "--from",
         dest="from_json",
         metavar="PATH",
-        help="re-render an earlier results.json (into its own directory unless --out) instead of training",
+        help="re-render an earlier results.json (into a new folder unless --out) instead of training",
     )
-    p.add_argument("--out", help="output directory (default: reports/eval/<task>)")
+    p.add_argument(
+        "--out", help="output folder, replaced (e.g. the committed reports/eval/<task>; default: a new one)"
+    )
+    p.add_argument(
+        "--runs",
+        default="reports/eval/runs",
+        help="parent of the new run folders, one sub-folder per task (default: %(default)s)",
+    )
+    p.add_argument("--resume", metavar="FOLDER", help="continue the interrupted eval whose folder this is")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)

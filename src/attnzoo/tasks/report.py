@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PRODUCED",
     "bench_latency",
     "markdown_table",
     "pareto_front",
@@ -309,6 +310,10 @@ def repeat_command(doc: dict[str, Any]) -> str:
         parts.append(f"--model-kwargs '{json.dumps(t['model_overrides'])}'")
     parts += [f"--mechanism-kwargs '{name}:{json.dumps(kw)}'" for name, kw in kwargs.items()]
     return " ".join(parts)
+
+
+PRODUCED = ("results.json", "report.md", "accuracy.png", "pareto.png", "runs.jsonl")
+"""Every file name an eval writes into its folder (``runs.jsonl`` is the journal of a run in progress)."""
 
 
 def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | None = None) -> list[Path]:

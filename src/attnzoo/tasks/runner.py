@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import multiprocessing as mp
 import platform
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +27,7 @@ from attnzoo.bench.measure import time_call
 from attnzoo.models import CausalLM, MILClassifier, SmallCNN, ViTTiny
 from attnzoo.tasks.catalog import Budget, Preset, check_lrs, get_task
 from attnzoo.tasks.data import IGNORE, Split, TaskData
+from attnzoo.tasks.jobs import Job, Journal, execute
 
 __all__ = ["MODEL_KEYS", "build_model", "evaluate", "model_latency", "run_eval", "train_one"]
 
@@ -263,26 +262,6 @@ def train_one(
     }
 
 
-def _train_in_worker(
-    task: str,
-    preset_name: str,
-    preset: Preset,
-    mechanism: str,
-    seed: int,
-    budget: Budget,
-    overrides: Mapping[str, Any] | None,
-    threads: int,
-) -> dict[str, Any]:
-    """One run in a worker process: regenerate the seed's data (deterministic) and train."""
-    torch.set_num_threads(threads)
-    data = get_task(task).generate(preset_name, seed=seed)
-    return train_one(data, preset, mechanism, seed=seed, budget=budget, overrides=overrides, progress=False)
-
-
-def _pool_context() -> mp.context.BaseContext:
-    return mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
-
-
 def run_eval(
     task: str,
     mechanisms: Sequence[str],
@@ -298,6 +277,7 @@ def run_eval(
     progress: bool = True,
     jobs: int = 1,
     latency: bool = False,
+    journal: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``mechanisms`` on ``task`` and return the result document.
 
@@ -320,6 +300,9 @@ def run_eval(
         latency: after training, time each mechanism's backbone (:func:`model_latency`, one
             training-sized batch of test data, all of this process's threads, one mechanism at a
             time) for the report's accuracy-vs-latency plot.
+        journal: a ``runs.jsonl`` file (:class:`attnzoo.tasks.jobs.Journal`): every finished run is
+            appended to it, and runs it already holds are not trained again (resume); it must have
+            been started by the same configuration (task, preset, backbone, budget, threads).
 
     Returns:
         ``{"meta": {...}, "task": {...}, "runs": [result, ...]}`` where ``meta`` records the
@@ -360,42 +343,30 @@ def run_eval(
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     threads = torch.get_num_threads() if jobs == 1 else max(1, torch.get_num_threads() // jobs)
     data = spec.generate(preset_name, seed=seeds[0]) if seeds else None
-    if jobs == 1:
-        runs = []
-        for seed in seeds:
-            seed_data = data if seed == seeds[0] else spec.generate(preset_name, seed=seed)
-            runs += [
-                train_one(
-                    seed_data,
-                    p,
-                    name,
-                    seed=seed,
-                    budget=run_budget,
-                    overrides=overrides.get(name),
-                    progress=progress,
-                )
-                for name in names
-                for run_budget in budgets
-            ]
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=_pool_context()) as pool:
-            futures = [
-                pool.submit(
-                    _train_in_worker,
-                    spec.name,
-                    preset_name,
-                    p,
-                    name,
-                    seed,
-                    run_budget,
-                    overrides.get(name),
-                    threads,
-                )
-                for seed in seeds
-                for name in names
-                for run_budget in budgets
-            ]
-            runs = [f.result() for f in tqdm(futures, desc=f"{spec.name}: runs", disable=not progress)]
+    todo = [
+        Job(name, seed, run_budget, overrides.get(name, {}))
+        for seed in seeds
+        for name in names
+        for run_budget in budgets
+    ]
+    config = {
+        "task": spec.name,
+        "preset": preset_name,
+        "model": p.model,
+        "budget": {k: getattr(budget, k) for k in budget.__dataclass_fields__ if k != "lr"},
+        "threads": threads,
+    }
+    runs = execute(
+        spec.name,
+        preset_name,
+        p,
+        todo,
+        train_one,
+        workers=jobs,
+        threads=threads,
+        journal=Journal(journal, config) if journal is not None else None,
+        progress=progress,
+    )
     data_cfg = data.config if data is not None else {}
     meta_cfg = data.meta if data is not None else {}
     doc: dict[str, Any] = {
