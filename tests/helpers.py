@@ -5,7 +5,8 @@
 * :func:`peak_bytes`: the peak of live CPU bytes allocated while a callable runs (profiler events).
 * :func:`assert_steps_match_forward`: token-by-token ``step`` decoding reproduces the full forward.
 * :func:`randomise`, :func:`randomise_seeded`: replace every parameter by ``N(0, 0.3^2)`` draws (the
-  former from the global RNG, the latter from its own seeded generator).
+  former from the global RNG, the latter from its own seeded generator); :func:`randomise_with_norm_stats`
+  also redraws BatchNorm running statistics.
 * :func:`constructor_arguments`, :data:`ALLOWED_ZERO`: every validated constructor argument of every
   mechanism with its kind (``int``, ``bool``, ``rate``, ``float``), and the counts for which 0 is valid.
 * :func:`tiny_llama`, :func:`tiny_mistral`, :func:`tiny_vit`, :func:`tiny_clip_vision`: tiny
@@ -34,6 +35,7 @@ __all__ = [
     "peak_bytes",
     "randomise",
     "randomise_seeded",
+    "randomise_with_norm_stats",
     "tiny_clip_vision",
     "tiny_llama",
     "tiny_mistral",
@@ -143,6 +145,19 @@ def randomise_seeded(module: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def randomise_with_norm_stats(module: torch.nn.Module, seed: int = 0) -> None:
+    """:func:`randomise_seeded`, and BatchNorm running statistics too: means ``0.1 * randn``, variances
+    uniform in ``[0.5, 1.5)``, so an eval-mode oracle must apply them."""
+    randomise_seeded(module, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen, dtype=b.dtype))
+            elif name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen, dtype=b.dtype))
 
 
 def tiny_llama(*, num_hidden_layers: int, **extra: Any) -> torch.nn.Module:
