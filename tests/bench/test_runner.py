@@ -121,6 +121,17 @@ def test_variants_are_benchmarked_side_by_side(monkeypatch: pytest.MonkeyPatch) 
     assert all(r["mechanism"] == "mhsa" for r in doc["results"])
 
 
+def test_elementwise_only_work_is_not_counted_rather_than_zero(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, grid_sizes=((4, 4),))
+    doc = run_benchmarks(["hard_attention_gate", "se"], cfg, progress=False)
+    gate, se = doc["results"]
+    assert gate["sizes"][0]["status"] == "ok" and gate["sizes"][0]["flops_fwd"] is None
+    assert se["sizes"][0]["flops_fwd"] > 0
+    report = write_report(doc, tmp_path, []).read_text()
+    (line,) = [row for row in report.splitlines() if row.startswith("| `hard_attention_gate` |")]
+    assert line.split("|")[4].strip() == "not counted"
+
+
 def test_backward_is_measured() -> None:
     cfg = dataclasses.replace(TINY, seq_sizes=(16,), backward=True)
     (res,) = run_benchmarks(["mhsa"], cfg, progress=False)["results"]

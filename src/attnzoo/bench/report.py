@@ -81,7 +81,7 @@ def _cell(row: dict[str, Any] | None, key: str, sub: str | None = None, unit: st
         return row.get("status", "–")
     value = row.get(key)
     if value is None:
-        return "–"
+        return "not counted" if key.startswith("flops") and key in row else "–"
     return _fmt(value[sub] if sub else value, unit)
 
 
@@ -127,7 +127,8 @@ def write_report(doc: dict[str, Any], out_dir: Path, plots: list[str]) -> Path:
         "Latency is the median wall time of the forward pass (no grad) over repeated runs; memory is the "
         "peak resident-set growth during one call, measured in a fresh process per mechanism. FLOPs are "
         "counted by `torch.utils.flop_counter` (matmuls, convolutions, attention; elementwise work is not "
-        "counted). *exp.* is the log-log slope of latency against the number of tokens N; *x-over* is the "
+        "counted, and a mechanism whose work is all elementwise shows *not counted*, never 0). "
+        "*exp.* is the log-log slope of latency against the number of tokens N; *x-over* is the "
         f"N from which a token mixer is faster than softmax attention (`{BASELINE}`) in this run. "
         "Modules run in eval mode; for cross-attention the size is the context's (the queries are fixed).",
         "",
