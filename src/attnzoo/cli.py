@@ -114,6 +114,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         config = PRESETS["full" if args.full else "quick"]
         overrides = {k: getattr(args, k) for k in ("threads", "timeout_s") if getattr(args, k) is not None}
+        if args.equal_width:
+            overrides["equal_width"] = True
         config = dataclasses.replace(config, **overrides)
         doc = run_benchmarks(_select(args), config, progress=not args.no_progress)
         (out / "bench.json").write_text(json.dumps(doc, indent=1))
@@ -210,6 +212,11 @@ def _add_bench_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--threads", type=int, help="torch threads per worker (default: preset)")
     p.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per mechanism (default: preset)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--equal-width",
+        action="store_true",
+        help="every mechanism of a family at one width and head count (default: each card's own config)",
+    )
     p.add_argument(
         "--suite",
         choices=["mechanisms", "linear"],

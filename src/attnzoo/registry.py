@@ -80,7 +80,9 @@ class Card:
         bench: constructor kwargs for the default benchmark configuration; reserved keys:
             ``sizes`` (the sizes to sweep instead of the preset's) and ``variants``
             (``{label: overrides}``, each benchmarked as ``name[label]``, e.g. dense vs sparse) and,
-            for cross-attention, ``queries`` (query tokens; the sweep grows the context).
+            for cross-attention, ``queries`` (query tokens; the sweep grows the context), and
+            ``equal_width`` (overrides that make the card fit the family's shared width and head
+            count in an equal-width benchmark, e.g. MoH's shared/routed head split of 4 heads).
         sweep: ranges of the random sweep (``tests/test_sweep.py``): constructor keyword -> tuple of
             choices, drawn independently on top of ``tiny`` (so every combination must build); reserved
             keys ``size`` (``(lo, hi)`` sizes of every spatial axis, or a list of explicit sizes),

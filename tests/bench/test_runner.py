@@ -14,6 +14,7 @@ import torch
 
 import attnzoo
 from attnzoo import registry
+from attnzoo.bench.measure import EQUAL_HEADS, EQUAL_WIDTHS, at_equal_width, bench_variants
 from attnzoo.bench.report import (
     compare_runs,
     crossover_n,
@@ -127,9 +128,33 @@ def test_elementwise_only_work_is_not_counted_rather_than_zero(tmp_path: Path) -
     gate, se = doc["results"]
     assert gate["sizes"][0]["status"] == "ok" and gate["sizes"][0]["flops_fwd"] is None
     assert se["sizes"][0]["flops_fwd"] > 0
-    report = write_report(doc, tmp_path, []).read_text()
+    report = write_report(doc, tmp_path, []).read_text().split("## Configurations")[0]
     (line,) = [row for row in report.splitlines() if row.startswith("| `hard_attention_gate` |")]
     assert line.split("|")[4].strip() == "not counted"
+
+
+def test_equal_width_compares_a_family_at_one_width(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, seq_sizes=(16,), equal_width=True)
+    doc = run_benchmarks(["mhsa", "linear_attention"], cfg, progress=False)
+    for res in doc["results"]:
+        assert res["config"]["dim"] == EQUAL_WIDTHS["token_mixer"]
+        assert res["config"]["num_heads"] == EQUAL_HEADS
+        assert res["card_config"] == {
+            k: v for k, v in attnzoo.card(res["name"]).bench.items() if isinstance(v, (int, float, str, bool))
+        }
+    assert doc["results"][0]["params"] == doc["results"][1]["params"]  # same projections at one width
+    report = write_report(doc, tmp_path, []).read_text()
+    assert "Equal width: every mechanism of a family" in report
+    assert "| `mhsa` |" in report.split("## Configurations")[1]
+
+
+@pytest.mark.parametrize("name", attnzoo.list_mechanisms())
+def test_every_mechanism_builds_at_equal_width(name: str) -> None:
+    for kwargs in bench_variants(name).values():
+        wide = at_equal_width(name, kwargs)
+        attnzoo.create(name, **wide)
+        width = EQUAL_WIDTHS[attnzoo.card(name).family]
+        assert width in {wide.get("dim"), wide.get("channels")}, wide
 
 
 def test_backward_is_measured() -> None:

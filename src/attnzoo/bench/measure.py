@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import inspect
 import resource
 import statistics
 import sys
@@ -30,7 +31,10 @@ from attnzoo.inputs import Example, example_inputs
 
 __all__ = [
     "BENCH_RESERVED_KEYS",
+    "EQUAL_HEADS",
+    "EQUAL_WIDTHS",
     "MemoryProbe",
+    "at_equal_width",
     "bench_kwargs",
     "bench_variants",
     "count_flops",
@@ -38,7 +42,7 @@ __all__ = [
     "time_call",
 ]
 
-BENCH_RESERVED_KEYS = ("sizes", "variants", "queries")
+BENCH_RESERVED_KEYS = ("sizes", "variants", "queries", "equal_width")
 #: query tokens of a cross-attention benchmark (its sweep grows the context)
 DEFAULT_QUERIES = 64
 
@@ -46,6 +50,36 @@ DEFAULT_QUERIES = 64
 def bench_kwargs(name: str) -> dict[str, Any]:
     """Constructor kwargs of ``name``'s benchmark configuration (card.bench minus reserved keys)."""
     return {k: v for k, v in attnzoo.card(name).bench.items() if k not in BENCH_RESERVED_KEYS}
+
+
+EQUAL_WIDTHS: dict[str, int] = {
+    "token_mixer": 256,
+    "cross_attention": 256,
+    "feature_map": 64,
+    "gate": 64,
+    "pooling": 256,
+}
+"""The width every mechanism of a family gets in an equal-width benchmark."""
+EQUAL_HEADS = 4
+"""The head count every mechanism with ``num_heads`` gets in an equal-width benchmark."""
+
+
+def at_equal_width(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the family's width (:data:`EQUAL_WIDTHS`: ``dim``/``channels``, and
+    ``context_dim``/``gate_channels`` alike) and :data:`EQUAL_HEADS` heads, then the card's
+    ``bench["equal_width"]`` overrides; every other option stays the card's, so mechanisms of a
+    family are compared at the same size."""
+    card = attnzoo.card(name)
+    width = EQUAL_WIDTHS[card.family]
+    params = inspect.signature(attnzoo.mechanism_class(name).__init__).parameters
+    out = dict(kwargs)
+    for key in ("dim", "channels", "context_dim", "gate_channels"):
+        if key in params and (key in out or params[key].default is inspect.Parameter.empty):
+            out[key] = width
+    if "num_heads" in params:
+        out["num_heads"] = EQUAL_HEADS
+    out.update(card.bench.get("equal_width", {}))
+    return out
 
 
 def bench_variants(name: str) -> dict[str, dict[str, Any]]:

@@ -3,11 +3,14 @@ against the softmax baseline, a Markdown report, log-log plots, and ratios again
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from attnzoo.bench.measure import EQUAL_HEADS, EQUAL_WIDTHS
 
 __all__ = [
     "BASELINE",
@@ -171,11 +174,37 @@ def write_report(doc: dict[str, Any], out_dir: Path, plots: list[str]) -> Path:
             f"- `{name}` at {_size_label(s)}: {s['status']}" + (f" ({s['error']})" if s.get("error") else "")
             for name, s in failures
         ]
+    lines += ["", *_configurations(doc)]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _configurations(doc: dict[str, Any]) -> list[str]:
+    """The constructor configuration each mechanism ran with, and its card's own beside it."""
+    equal = doc["meta"]["config"].get("equal_width", False)
+    lines = [
+        "## Configurations",
+        "",
+        (
+            "Equal width: every mechanism of a family at the same width and head count "
+            f"({', '.join(f'{k} {v}' for k, v in EQUAL_WIDTHS.items())}; {EQUAL_HEADS} heads where the "
+            "constructor has `num_heads`); the card's own benchmark configuration is shown beside it."
+            if equal
+            else "Each mechanism at its card's own benchmark configuration (`--equal-width` compares a "
+            "family at one width)."
+        ),
+        "",
+        "| mechanism | params | ran with | card's own |",
+        "|---|---:|---|---|",
+    ]
+    for res in doc["results"]:
+        ran, own = res.get("config", {}), res.get("card_config", res.get("config", {}))
+        same = "same" if ran == own else f"`{json.dumps(own)}`"
+        lines.append(f"| `{res['name']}` | {_fmt(res['params'], 'flops')} | `{json.dumps(ran)}` | {same} |")
+    return lines
 
 
 def write_plots(doc: dict[str, Any], out_dir: Path) -> list[str]:

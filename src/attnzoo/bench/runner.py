@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import attnzoo
-from attnzoo.bench.measure import MemoryProbe, bench_variants, measure_size
+from attnzoo.bench.measure import MemoryProbe, at_equal_width, bench_variants, measure_size
 from attnzoo.registry import Card, mechanism_class, register
 
 __all__ = ["PRESETS", "BenchConfig", "machine_metadata", "run_benchmarks", "sizes_for"]
@@ -46,6 +46,8 @@ class BenchConfig:
         backward: also measure forward+backward.
         max_ms: stop a mechanism's sweep once its forward median exceeds this.
         timeout_s: wall-clock limit of one mechanism's worker.
+        equal_width: benchmark every mechanism of a family at the same width and head count
+            (:func:`attnzoo.bench.measure.at_equal_width`) instead of its card's configuration.
     """
 
     preset: str = "custom"
@@ -60,6 +62,7 @@ class BenchConfig:
     backward: bool = False
     max_ms: float = 1000.0
     timeout_s: float = 60.0
+    equal_width: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -180,9 +183,10 @@ def _context() -> mp.context.BaseContext:
 
 
 def _bench_one(
-    name: str, label: str, kwargs: dict[str, Any], config: BenchConfig, ctx: mp.context.BaseContext
+    name: str, label: str, card_kwargs: dict[str, Any], config: BenchConfig, ctx: mp.context.BaseContext
 ) -> dict[str, Any]:
     card = attnzoo.card(name)
+    kwargs = at_equal_width(name, card_kwargs) if config.equal_width else card_kwargs
     sizes = sizes_for(card, config)
     result: dict[str, Any] = {
         "name": f"{name}[{label}]" if label else name,
@@ -191,6 +195,7 @@ def _bench_one(
         "parity": card.parity,
         "spatial_dims": card.spatial_dims,
         "config": {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))},
+        "card_config": {k: v for k, v in card_kwargs.items() if isinstance(v, (int, float, str, bool))},
         "params": None,
         "worker_pid": None,
         "sizes": [],

@@ -48,7 +48,7 @@ __all__ = ["PartialSpatialAttention"]
         ),
         tiny={"channels": 8, "partial": 0.5},
         sweep={"partial": (0.25, 0.5), "size": (2, 8)},
-        bench={"channels": 64, "partial": 0.5},
+        bench={"channels": 64, "partial": 0.5, "equal_width": {"num_heads": 1}},
     )
 )
 class PartialSpatialAttention(FeatureMapAttention):

@@ -90,6 +90,7 @@ __all__ = ["MoHAttention"]
             "qkv_bias": True,
             "sparse_heads": True,
             "variants": {"dense": {"sparse_heads": False}, "sparse": {"sparse_heads": True}},
+            "equal_width": {"shared_head": 1, "routed_head": 2},
         },
     )
 )
