@@ -208,40 +208,50 @@ def _configurations(doc: dict[str, Any]) -> list[str]:
 
 
 def write_plots(doc: dict[str, Any], out_dir: Path) -> list[str]:
-    """Latency and memory against N (log-log, coloured by family); returns the file names."""
+    """Latency and memory against N (log-log), one panel per family with a legend beside it (no
+    labels on the lines, so names never overlap each other or the ticks); returns the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
+    families = [f for f in _FAMILY_COLOURS if any(r["family"] == f for r in doc["results"])]
+    families += sorted({r["family"] for r in doc["results"]} - set(families))
+    markers = "os^vD<>ph*"
     files = []
     for key, sub, ylabel, fname in (
         ("fwd_ms", "median", "forward latency (ms)", "latency.png"),
         ("peak_fwd_mb", None, "forward peak memory (MiB)", "memory.png"),
     ):
-        fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-        for ax, grid in zip(axes, (False, True)):
-            for res in doc["results"]:
-                if (res["spatial_dims"] >= 2) != grid:
-                    continue
+        fig, axes = plt.subplots(len(families), 1, figsize=(10, 3.4 * max(1, len(families))), squeeze=False)
+        for ax, family in zip(axes[:, 0], families):
+            members = [r for r in doc["results"] if r["family"] == family and _ok(r["sizes"], key)]
+            colours = plt.cm.tab20(np.linspace(0, 1, max(1, len(members))))
+            for i, res in enumerate(members):
                 rows = _ok(res["sizes"], key)
-                if not rows:
-                    continue
                 xs = [r["n"] for r in rows]
                 ys = [max(r[key][sub] if sub else r[key], 1e-3) for r in rows]
-                style = "-" if res["family"] == "token_mixer" else "--"
-                ax.plot(xs, ys, style, marker="o", ms=3, color=_FAMILY_COLOURS.get(res["family"], "grey"))
-                ax.annotate(res["name"], (xs[-1], ys[-1]), fontsize=6, alpha=0.8)
+                style = "-" if res["spatial_dims"] <= 1 else "--"
+                marker = markers[i % len(markers)]
+                ax.plot(xs, ys, style, marker=marker, ms=4, color=colours[i], label=res["name"])
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlabel("tokens N = H*W" if grid else "sequence length N")
+            ticks = sorted({r["n"] for res in members for r in _ok(res["sizes"], key)})
+            ax.xaxis.set_major_locator(FixedLocator(ticks))  # the measured N, not crowded minor labels
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.tick_params(axis="x", labelsize=7)
+            ax.set_xlabel("tokens N (sequence length, or H*W / D*H*W for grids; dashed = grids)")
             ax.set_ylabel(ylabel)
-            ax.set_title("2-D / feature-map mechanisms" if grid else "sequence and set mechanisms")
+            ax.set_title(family)
             ax.grid(True, which="both", alpha=0.3)
-        handles = [plt.Line2D([], [], color=c, label=f) for f, c in _FAMILY_COLOURS.items()]
-        fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8)
-        fig.tight_layout(rect=(0, 0, 1, 0.94))
-        fig.savefig(out_dir / fname, dpi=110)
+            if members:
+                ncol = 1 + len(members) // 14
+                ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, ncol=ncol)
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=110, bbox_inches="tight")
         plt.close(fig)
         files.append(fname)
     return files
