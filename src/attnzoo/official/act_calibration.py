@@ -9,13 +9,13 @@ has the one-token decode quirk, so the adapter builds :class:`ACTCalibration` wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from attnzoo.inference.act import ACTCalibration
-from attnzoo.official import OfficialRun, adapter
+from attnzoo.official import Conversion, Signature, adapter
 
 
 def _call(
@@ -24,13 +24,6 @@ def _call(
     return (module(attn_weights, heads),)
 
 
-@adapter("act_calibration")
-def load_act_calibration(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    if state_dict:
-        raise ValueError(f"atten_process_eval has no parameters, got state_dict keys {sorted(state_dict)}")
-    module = ACTCalibration(
-        float(constructor.get("beta", 0.4)), float(constructor.get("threshold", 0.1)), official_quirks=True
-    )
-    return OfficialRun(module.eval(), _call)
+@adapter("act_calibration", {"atten_process_eval": Signature(beta=(float, 0.4), threshold=(float, 0.1))})
+def load_act_calibration(kw: dict[str, Any], symbol: str) -> Conversion:
+    return Conversion(ACTCalibration(kw["beta"], kw["threshold"], official_quirks=True), _call)

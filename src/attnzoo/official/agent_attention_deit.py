@@ -16,58 +16,69 @@ from typing import Any
 import torch
 
 from attnzoo.mechanisms.token_mixer.agent_attention import AgentAttention
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap, singletons
 
-__all__ = ["convert_agent_bias_keys", "convert_agent_deit"]
+__all__ = ["AGENT_BIASES", "convert_agent_deit"]
 
-
-def convert_agent_bias_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official agent-attention biases -> attnzoo shapes (shared by the DeiT and PVT formats)."""
-    out = {}
-    for key in ("an_bias", "na_bias"):
-        out[key] = state_dict[key]
-    out["ah_bias"] = state_dict["ah_bias"][0, :, :, :, 0]
-    out["aw_bias"] = state_dict["aw_bias"][0, :, :, 0, :]
-    out["ha_bias"] = state_dict["ha_bias"][0, :, :, 0, :]
-    out["wa_bias"] = state_dict["wa_bias"][0, :, 0, :, :]
-    for key in ("dwc.weight", "dwc.bias", "proj.weight", "proj.bias"):
-        out[key] = state_dict[key]
-    return out
+AGENT_BIASES = KeyMap(
+    views={
+        "ah_bias": singletons(0, 4),
+        "aw_bias": singletons(0, 3),
+        "ha_bias": singletons(0, 3),
+        "wa_bias": singletons(0, 2),
+        "ac_bias": singletons(0),
+        "ca_bias": singletons(0),
+    }
+)
+_FUSED = ("qkv.", "q.", "kv.")
 
 
 def convert_agent_deit(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official Agent-DeiT ``AgentAttention`` state_dict -> attnzoo ``AgentAttention`` state_dict."""
-    out = convert_agent_bias_keys(state_dict)
+    out = AGENT_BIASES.to_attnzoo({k: v for k, v in state_dict.items() if not k.startswith(_FUSED)})
     dim = state_dict["proj.weight"].shape[0]
     for suffix in ("weight", "bias"):
         fused = state_dict.get(f"qkv.{suffix}")
         if fused is not None:
-            out[f"q.{suffix}"] = fused[:dim]
-            out[f"kv.{suffix}"] = fused[dim:]
-    out["ac_bias"] = state_dict["ac_bias"][0]
-    out["ca_bias"] = state_dict["ca_bias"][0]
+            out[f"q.{suffix}"], out[f"kv.{suffix}"] = fused[:dim], fused[dim:]
     return out
 
 
-@adapter("agent_attention_deit")
-def load_agent_deit(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
+def _to_official(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = AGENT_BIASES.to_official({k: v for k, v in state_dict.items() if not k.startswith(_FUSED)})
+    for suffix in ("weight", "bias"):
+        if f"q.{suffix}" in state_dict:
+            out[f"qkv.{suffix}"] = torch.cat([state_dict[f"q.{suffix}"], state_dict[f"kv.{suffix}"]])
+    return out
+
+
+def _call(m: AgentAttention, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    side = math.isqrt(x.shape[1] - 1)
+    return (m(x, size=(side, side)),)
+
+
+AGENT_DEIT = Signature(
+    dim=int,
+    num_heads=(int, 8),
+    qkv_bias=(bool, False),
+    attn_drop=(float, 0.0),
+    proj_drop=(float, 0.0),
+    agent_num=(int, 49),
+    window=(int, 14),
+)
+
+
+@adapter("agent_attention_deit", {"AgentAttention": AGENT_DEIT})
+def load_agent_deit(kw: dict[str, Any], symbol: str) -> Conversion:
     module = AgentAttention(
-        int(constructor["dim"]),
-        int(constructor.get("num_heads", 8)),
-        agent_num=int(constructor.get("agent_num", 49)),
-        window=int(constructor.get("window", 14)),
+        kw["dim"],
+        kw["num_heads"],
+        agent_num=kw["agent_num"],
+        window=kw["window"],
         num_prefix_tokens=1,
-        qkv_bias=bool(constructor.get("qkv_bias", False)),
-        attn_drop=float(constructor.get("attn_drop", 0.0)),
-        proj_drop=float(constructor.get("proj_drop", 0.0)),
+        qkv_bias=kw["qkv_bias"],
+        attn_drop=kw["attn_drop"],
+        proj_drop=kw["proj_drop"],
     )
-    dtype = state_dict["proj.weight"].dtype
-    load_converted(module.to(dtype), convert_agent_deit(state_dict))
-
-    def call(m: AgentAttention, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        side = math.isqrt(x.shape[1] - 1)
-        return (m(x, size=(side, side)),)
-
-    return OfficialRun(module.eval(), call)
+    return Conversion(module, _call, convert_agent_deit, _to_official)

@@ -17,42 +17,44 @@ from typing import Any
 import torch
 
 from attnzoo.mechanisms.token_mixer.agent_attention import AgentAttentionPVT
-from attnzoo.official import OfficialRun, adapter, load_converted
-from attnzoo.official.agent_attention_deit import convert_agent_bias_keys
+from attnzoo.official import Conversion, Signature, adapter
+from attnzoo.official.agent_attention_deit import AGENT_BIASES
 
 __all__ = ["convert_agent_pvt"]
 
 
 def convert_agent_pvt(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official Agent-PVT ``AgentAttention`` state_dict -> attnzoo ``AgentAttentionPVT`` state_dict."""
-    out = convert_agent_bias_keys(state_dict)
-    for prefix in ("q", "kv", "sr", "norm"):
-        for suffix in ("weight", "bias"):
-            key = f"{prefix}.{suffix}"
-            if key in state_dict:
-                out[key] = state_dict[key]
-    return out
+    return AGENT_BIASES.to_attnzoo(state_dict)
 
 
-@adapter("agent_attention_pvt")
-def load_agent_pvt(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    side = math.isqrt(int(constructor["num_patches"]))
+def _call(m: AgentAttentionPVT, x: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, ...]:
+    return (m(x, size=(int(H), int(W))),)
+
+
+AGENT_PVT = Signature(
+    dim=int,
+    num_patches=int,
+    num_heads=(int, 8),
+    qkv_bias=(bool, False),
+    qk_scale=(float | None, None),
+    attn_drop=(float, 0.0),
+    proj_drop=(float, 0.0),
+    sr_ratio=(int, 1),
+    agent_num=(int, 49),
+)
+
+
+@adapter("agent_attention_pvt", {"AgentAttention": AGENT_PVT})
+def load_agent_pvt(kw: dict[str, Any], symbol: str) -> Conversion:
     module = AgentAttentionPVT(
-        int(constructor["dim"]),
-        int(constructor.get("num_heads", 8)),
-        agent_num=int(constructor.get("agent_num", 49)),
-        window=side,
-        sr_ratio=int(constructor.get("sr_ratio", 1)),
-        qkv_bias=bool(constructor.get("qkv_bias", False)),
-        attn_drop=float(constructor.get("attn_drop", 0.0)),
-        proj_drop=float(constructor.get("proj_drop", 0.0)),
+        kw["dim"],
+        kw["num_heads"],
+        agent_num=kw["agent_num"],
+        window=math.isqrt(kw["num_patches"]),
+        sr_ratio=kw["sr_ratio"],
+        qkv_bias=kw["qkv_bias"],
+        attn_drop=kw["attn_drop"],
+        proj_drop=kw["proj_drop"],
     )
-    dtype = state_dict["proj.weight"].dtype
-    load_converted(module.to(dtype), convert_agent_pvt(state_dict))
-
-    def call(m: AgentAttentionPVT, x: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, ...]:
-        return (m(x, size=(int(H), int(W))),)
-
-    return OfficialRun(module.eval(), call)
+    return Conversion(module, _call, AGENT_BIASES.to_attnzoo, AGENT_BIASES.to_official)

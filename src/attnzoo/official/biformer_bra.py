@@ -8,8 +8,9 @@ side_dwconv=3, auto_pad=False)``; forward ``module(x (B, H, W, C))``.
 :func:`convert_biformer_bra` maps the checkpoint keys to
 :class:`attnzoo.mechanisms.token_mixer.biformer_bra.BiLevelRoutingAttention`: ``qkv.qkv.*`` ->
 ``qkv.*`` (rows stay ``[q | k | v]``), ``wo.*`` -> ``proj.*``, ``lepe.*`` unchanged. Official
-options attnzoo does not implement (kv down-sampling, parametric/differentiable/soft routing)
-raise ``ValueError``.
+options attnzoo does not implement (kv down-sampling, parametric/differentiable/soft routing) are
+rejected; ``kv_per_win``, ``kv_downsample_ratio`` and ``kv_downsample_kernel`` only matter for
+kv down-sampling.
 """
 
 from __future__ import annotations
@@ -20,66 +21,71 @@ from typing import Any
 import torch
 
 from attnzoo.mechanisms.token_mixer.biformer_bra import BiLevelRoutingAttention
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import CheckpointError, Choice, Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap
 
 __all__ = ["build_biformer_bra", "convert_biformer_bra"]
 
-_KEYS = {"qkv.qkv.": "qkv.", "wo.": "proj.", "lepe.": "lepe."}
-_UNSUPPORTED = {
-    "kv_downsample_mode": "identity",
-    "param_routing": False,
-    "diff_routing": False,
-    "soft_routing": False,
-}
+_KEYS = KeyMap(renames=(("qkv.qkv.", "qkv."), ("wo.", "proj.")))
+_SYMBOL = "BiLevelRoutingAttention"
+BRA = Signature(
+    dim=int,
+    num_heads=(int, 8),
+    n_win=(int, 7),
+    qk_dim=(int | None, None),
+    qk_scale=(float | None, None),
+    kv_per_win=(int, 4),
+    kv_downsample_ratio=(int, 4),
+    kv_downsample_kernel=(int | None, None),
+    kv_downsample_mode=(Choice("identity"), "identity"),
+    topk=(int, 4),
+    param_attention=(Choice("qkvo", "qkv"), "qkvo"),
+    param_routing=(Choice(False), False),
+    diff_routing=(Choice(False), False),
+    soft_routing=(Choice(False), False),
+    side_dwconv=(int, 3),
+    auto_pad=(bool, False),
+)
 
 
 def convert_biformer_bra(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official ``BiLevelRoutingAttention`` state_dict -> attnzoo state_dict."""
-    out = {}
-    for key, value in state_dict.items():
-        prefix = next((p for p in _KEYS if key.startswith(p)), None)
-        if prefix is None:
-            raise ValueError(f"unexpected key {key!r} in an official BiLevelRoutingAttention state_dict")
-        out[_KEYS[prefix] + key[len(prefix) :]] = value
-    return out
+    return _KEYS.to_attnzoo(state_dict)
 
 
-def build_biformer_bra(constructor: Mapping[str, Any]) -> BiLevelRoutingAttention:
-    """The attnzoo module equivalent to the official constructor kwargs (random weights)."""
-    for name, supported in _UNSUPPORTED.items():
-        if constructor.get(name, supported) != supported:
-            raise ValueError(f"official option {name}={constructor[name]!r} is not implemented in attnzoo")
-    mode = constructor.get("param_attention", "qkvo")
-    if mode not in ("qkvo", "qkv"):
-        raise ValueError(f"param_attention must be 'qkvo' or 'qkv', got {mode!r}")
-    qk_scale = constructor.get("qk_scale")
+def _module(kw: Mapping[str, Any]) -> BiLevelRoutingAttention:
     return BiLevelRoutingAttention(
-        int(constructor["dim"]),
-        int(constructor.get("num_heads", 8)),
-        int(constructor.get("n_win", 7)),
-        int(constructor.get("topk", 4)),
-        qk_dim=constructor.get("qk_dim") or None,
-        qk_scale=float(qk_scale) if qk_scale else None,
-        side_dwconv=int(constructor.get("side_dwconv", 3)),
-        out_proj=mode == "qkvo",
-        auto_pad=bool(constructor.get("auto_pad", False)),
+        kw["dim"],
+        kw["num_heads"],
+        kw["n_win"],
+        kw["topk"],
+        qk_dim=kw["qk_dim"] or None,
+        qk_scale=kw["qk_scale"] or None,
+        side_dwconv=kw["side_dwconv"],
+        out_proj=kw["param_attention"] == "qkvo",
+        auto_pad=kw["auto_pad"],
     )
 
 
-@adapter("biformer_bra")
-def load_biformer_bra(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    module = build_biformer_bra(constructor)
-    dtype = state_dict["qkv.qkv.weight"].dtype
-    load_converted(module.to(dtype), convert_biformer_bra(state_dict))
+def build_biformer_bra(constructor: Mapping[str, Any]) -> BiLevelRoutingAttention:
+    """The attnzoo module equivalent to the official constructor kwargs (random weights).
 
-    def call(
-        m: BiLevelRoutingAttention, x: torch.Tensor, ret_attn_mask: bool = False
-    ) -> tuple[torch.Tensor, ...]:
-        if ret_attn_mask:
-            raise ValueError("ret_attn_mask=True (routing/attention outputs) is not supported")
-        b, h, w, c = x.shape
-        return (m(x.reshape(b, h * w, c), size=(h, w)).reshape(b, h, w, c),)
+    Raises :class:`CheckpointError` listing every unknown, unsupported or ill-typed argument."""
+    kw, problems = BRA.check(constructor, _SYMBOL)
+    if problems:
+        raise CheckpointError(problems, f"official {_SYMBOL} constructor rejected")
+    return _module(kw)
 
-    return OfficialRun(module.eval(), call)
+
+def _call(
+    m: BiLevelRoutingAttention, x: torch.Tensor, ret_attn_mask: bool = False
+) -> tuple[torch.Tensor, ...]:
+    if ret_attn_mask:
+        raise ValueError("ret_attn_mask=True (routing/attention outputs) is not supported")
+    b, h, w, c = x.shape
+    return (m(x.reshape(b, h * w, c), size=(h, w)).reshape(b, h, w, c),)
+
+
+@adapter("biformer_bra", {_SYMBOL: BRA})
+def load_biformer_bra(kw: dict[str, Any], symbol: str) -> Conversion:
+    return Conversion(_module(kw), _call, _KEYS.to_attnzoo, _KEYS.to_official)

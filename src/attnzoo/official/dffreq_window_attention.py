@@ -15,39 +15,36 @@ import torch
 
 from attnzoo.layout import bchw_to_bnc, bnc_to_bchw
 from attnzoo.mechanisms.token_mixer.dffreq_window_attention import DFFreqWindowAttention
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap, singletons
 
 __all__ = ["convert_dffreq_local_attention"]
+
+_KEYS = KeyMap(renames=(("mlp.0.", "pixel_mlp."),), views={"temperature": singletons(1, 2)})
 
 
 def convert_dffreq_local_attention(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official ``LocalAttention`` state_dict -> attnzoo ``DFFreqWindowAttention`` state_dict."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith("mlp.0."):
-            key = "pixel_mlp." + key[len("mlp.0.") :]
-        elif key == "temperature":
-            value = value.reshape(-1)
-        out[key] = value
-    return out
+    return _KEYS.to_attnzoo(state_dict)
 
 
-@adapter("dffreq_window_attention")
-def load_dffreq_local_attention(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
+def _call(m: DFFreqWindowAttention, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    size = (x.shape[-2], x.shape[-1])
+    return (bnc_to_bchw(m(bchw_to_bnc(x), size=size), size),)
+
+
+LOCAL_ATTENTION = Signature(
+    dim=int, num_heads=int, bias=bool, window_size=(int, 8), padding_mode=(str, "zeros")
+)
+
+
+@adapter("dffreq_window_attention", {"LocalAttention": LOCAL_ATTENTION})
+def load_dffreq_local_attention(kw: dict[str, Any], symbol: str) -> Conversion:
     module = DFFreqWindowAttention(
-        int(constructor["dim"]),
-        int(constructor["num_heads"]),
-        window_size=int(constructor.get("window_size", 8)),
-        bias=bool(constructor["bias"]),
-        padding_mode=str(constructor.get("padding_mode", "zeros")),
+        kw["dim"],
+        kw["num_heads"],
+        window_size=kw["window_size"],
+        bias=kw["bias"],
+        padding_mode=kw["padding_mode"],
     )
-    dtype = state_dict["project_out.weight"].dtype
-    load_converted(module.to(dtype), convert_dffreq_local_attention(state_dict))
-
-    def call(m: DFFreqWindowAttention, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        size = (x.shape[-2], x.shape[-1])
-        return (bnc_to_bchw(m(bchw_to_bnc(x), size=size), size),)
-
-    return OfficialRun(module.eval(), call)
+    return Conversion(module, _call, _KEYS.to_attnzoo, _KEYS.to_official)

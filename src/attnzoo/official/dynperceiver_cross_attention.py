@@ -2,7 +2,9 @@
 LeapLabTHU/Dynamic_Perceiver, classes ``CrossAttentionLayer(num_heads, num_q_input_channels,
 num_kv_input_channels, num_qk_channels=None, num_v_channels=None, widening_factor=1, dropout=0.0,
 attention_residual=True, rpb=False, feat_w=32, feat_h=32)`` and the bare ``MultiHeadAttention``
-(same arguments minus widening/residual, plus ``num_output_channels``).
+(same arguments minus widening/residual, plus ``num_output_channels=None``). Defaults as
+officially: ``num_qk_channels = num_q_input_channels``, ``num_v_channels = num_qk_channels``,
+``num_output_channels = num_q_input_channels``.
 
 ``forward(x_q, x_kv, pad_mask=None)`` with ``pad_mask (B, L)`` True = padded. Keys:
 ``cross_attn.{q_norm,kv_norm}.*``, ``cross_attn.attention.{q,k,v}_proj.weight``,
@@ -21,117 +23,98 @@ from attnzoo.mechanisms.cross_attention.dynperceiver_cross_attention import (
     DynPerceiverCrossAttention,
     PerceiverAttention,
 )
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap, singletons
 
 __all__ = ["convert_dynperceiver_attention", "convert_dynperceiver_cross_attention_layer"]
 
-_SYMBOLS = ("CrossAttentionLayer", "MultiHeadAttention")
+_ATTENTION_KEYS = KeyMap(
+    renames=(("relative_position_bias", "key_position_bias"),), views={"key_position_bias": singletons(0)}
+)
+_LAYER_KEYS = KeyMap(
+    renames=(
+        ("cross_attn.attention.", "attn."),
+        ("cross_attn.attention.relative_position_bias", "attn.key_position_bias"),
+        ("cross_attn.q_norm.", "q_norm."),
+        ("cross_attn.kv_norm.", "kv_norm."),
+        ("mlp.layernorm.", "mlp_norm."),
+        ("mlp.fc1.", "fc1."),
+        ("mlp.fc2.", "fc2."),
+    ),
+    views={"attn.key_position_bias": singletons(0)},
+)
+_COMMON = {
+    "num_heads": int,
+    "num_q_input_channels": int,
+    "num_kv_input_channels": int,
+    "num_qk_channels": (int | None, None),
+    "num_v_channels": (int | None, None),
+    "dropout": (float, 0.0),
+    "rpb": (bool, False),
+    "feat_w": (int, 32),
+    "feat_h": (int, 32),
+}
+_SIGNATURES = {
+    "CrossAttentionLayer": Signature(**_COMMON, widening_factor=(int, 1), attention_residual=(bool, True)),
+    "MultiHeadAttention": Signature(**_COMMON, num_output_channels=(int | None, None)),
+}
 
 
-def convert_dynperceiver_attention(
-    state_dict: Mapping[str, torch.Tensor], prefix: str = ""
-) -> dict[str, torch.Tensor]:
-    """Official ``MultiHeadAttention`` keys (under ``prefix``) -> :class:`PerceiverAttention` keys."""
-    out = {f"{p}.weight": state_dict[f"{prefix}{p}.weight"] for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
-    out["o_proj.bias"] = state_dict[f"{prefix}o_proj.bias"]
-    bias = state_dict.get(f"{prefix}relative_position_bias")
-    if bias is not None:
-        out["key_position_bias"] = bias.reshape(bias.shape[-2], bias.shape[-1])
-    return out
+def convert_dynperceiver_attention(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ``MultiHeadAttention`` keys -> :class:`PerceiverAttention` keys."""
+    return _ATTENTION_KEYS.to_attnzoo(state_dict)
 
 
 def convert_dynperceiver_cross_attention_layer(
     state_dict: Mapping[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
     """Official ``CrossAttentionLayer`` keys -> :class:`DynPerceiverCrossAttention` keys."""
-    attn = convert_dynperceiver_attention(state_dict, "cross_attn.attention.")
-    out = {f"attn.{k}": v for k, v in attn.items()}
-    for ours, theirs in (
-        ("q_norm", "cross_attn.q_norm"),
-        ("kv_norm", "cross_attn.kv_norm"),
-        ("mlp_norm", "mlp.layernorm"),
-        ("fc1", "mlp.fc1"),
-        ("fc2", "mlp.fc2"),
-    ):
-        for p in ("weight", "bias"):
-            out[f"{ours}.{p}"] = state_dict[f"{theirs}.{p}"]
-    return out
-
-
-def _context_tokens(constructor: Mapping[str, Any], bias: torch.Tensor | None) -> int | None:
-    if not constructor.get("rpb", False):
-        if bias is not None:
-            raise ValueError("checkpoint has relative_position_bias but rpb is False")
-        return None
-    tokens = int(constructor.get("feat_w", 32)) * int(constructor.get("feat_h", 32))
-    if bias is None or bias.shape[-2] != tokens:
-        raise ValueError(f"rpb=True needs relative_position_bias with feat_w*feat_h={tokens} positions")
-    return tokens
+    return _LAYER_KEYS.to_attnzoo(state_dict)
 
 
 def _key_padding(pad_mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if pad_mask is None else ~pad_mask
 
 
-@adapter("dynperceiver_cross_attention")
-def load_dynperceiver_cross_attention(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    symbol = symbol or (_SYMBOLS[0] if "cross_attn.q_norm.weight" in state_dict else _SYMBOLS[1])
-    if symbol not in _SYMBOLS:
-        raise ValueError(f"the dynperceiver_cross_attention format covers {_SYMBOLS}, got symbol {symbol!r}")
-    prefix = "cross_attn.attention." if symbol == _SYMBOLS[0] else ""
-    q_w = state_dict[f"{prefix}q_proj.weight"]
-    qk, dim = q_w.shape
-    context_dim = int(state_dict[f"{prefix}k_proj.weight"].shape[1])
-    v_dim = int(state_dict[f"{prefix}v_proj.weight"].shape[0])
-    for key, want in (("num_q_input_channels", dim), ("num_kv_input_channels", context_dim)):
-        if int(constructor.get(key, want)) != want:
-            raise ValueError(f"{key}={constructor[key]} disagrees with the checkpoint ({want})")
-    heads = int(constructor.get("num_heads", 1))
-    tokens = _context_tokens(constructor, state_dict.get(f"{prefix}relative_position_bias"))
-    dropout = float(constructor.get("dropout", 0.0))
-    if symbol == _SYMBOLS[1]:
-        module: torch.nn.Module = PerceiverAttention(
-            int(dim),
+def _call_attention(
+    m: PerceiverAttention, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor]:
+    return (m(x_q, x_kv, _key_padding(pad_mask)),)
+
+
+def _call_layer(
+    m: DynPerceiverCrossAttention, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor]:
+    return (m(x_q, x_kv, mask=_key_padding(pad_mask)),)
+
+
+@adapter("dynperceiver_cross_attention", _SIGNATURES)
+def load_dynperceiver_cross_attention(kw: dict[str, Any], symbol: str) -> Conversion:
+    dim, context_dim = kw["num_q_input_channels"], kw["num_kv_input_channels"]
+    qk = kw["num_qk_channels"] or dim
+    v = kw["num_v_channels"] or qk
+    tokens = kw["feat_w"] * kw["feat_h"] if kw["rpb"] else None
+    if symbol == "MultiHeadAttention":
+        module = PerceiverAttention(
+            dim,
             context_dim,
-            heads,
-            qk_dim=int(qk),
-            v_dim=v_dim,
-            out_dim=int(state_dict["o_proj.weight"].shape[0]),
+            kw["num_heads"],
+            qk_dim=qk,
+            v_dim=v,
+            out_dim=kw["num_output_channels"] or dim,
             context_tokens=tokens,
-            attn_drop=dropout,
+            attn_drop=kw["dropout"],
         )
-        converted = convert_dynperceiver_attention(state_dict)
-
-        def call_attention(
-            m: PerceiverAttention, x_q: torch.Tensor, x_kv: torch.Tensor, pad_mask: torch.Tensor | None = None
-        ) -> tuple[torch.Tensor]:
-            return (m(x_q, x_kv, _key_padding(pad_mask)),)
-
-        call = call_attention
-    else:
-        module = DynPerceiverCrossAttention(
-            int(dim),
-            context_dim,
-            heads,
-            qk_dim=int(qk),
-            v_dim=v_dim,
-            widening_factor=int(state_dict["mlp.fc1.weight"].shape[0]) // int(dim),
-            attention_residual=bool(constructor.get("attention_residual", True)),
-            context_tokens=tokens,
-            dropout=dropout,
-        )
-        converted = convert_dynperceiver_cross_attention_layer(state_dict)
-
-        def call_layer(
-            m: DynPerceiverCrossAttention,
-            x_q: torch.Tensor,
-            x_kv: torch.Tensor,
-            pad_mask: torch.Tensor | None = None,
-        ) -> tuple[torch.Tensor]:
-            return (m(x_q, x_kv, mask=_key_padding(pad_mask)),)
-
-        call = call_layer
-    load_converted(module.to(q_w.dtype), converted)
-    return OfficialRun(module.eval(), call)
+        return Conversion(module, _call_attention, _ATTENTION_KEYS.to_attnzoo, _ATTENTION_KEYS.to_official)
+    layer = DynPerceiverCrossAttention(
+        dim,
+        context_dim,
+        kw["num_heads"],
+        qk_dim=qk,
+        v_dim=v,
+        widening_factor=kw["widening_factor"],
+        attention_residual=kw["attention_residual"],
+        context_tokens=tokens,
+        dropout=kw["dropout"],
+    )
+    return Conversion(layer, _call_layer, _LAYER_KEYS.to_attnzoo, _LAYER_KEYS.to_official)

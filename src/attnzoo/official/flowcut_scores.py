@@ -25,7 +25,7 @@ from torch import nn
 
 from attnzoo.inference.flowcut import FlowCutState, flowcut_step
 from attnzoo.kernels.attention import attention_reference, split_heads
-from attnzoo.official import OfficialRun, adapter
+from attnzoo.official import Choice, Conversion, Signature, adapter
 
 
 class FlowCutEncoderReplay(nn.Module):
@@ -79,23 +79,22 @@ def _call(
     return tuple(out[name] for name in sorted(out))
 
 
-@adapter("flowcut_scores")
-def load_flowcut_scores(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    if state_dict:
-        raise ValueError(f"FlowCut has no parameters, got state_dict keys {sorted(state_dict)}")
-    target = constructor.get("target")
+FLOWCUT = Signature(
+    num_heads=int,
+    head_dim=int,
+    num_layers=int,
+    select_layer=(int | None, None),
+    target=(int | None, None),
+    target_num=(int, 128),
+    select_feature=(Choice("patch", "cls_patch"), "patch"),
+)
+
+
+@adapter("flowcut_scores", {"CLIPEncoderLayer_forward": FLOWCUT})
+def load_flowcut_scores(kw: dict[str, Any], symbol: str) -> Conversion:
+    target = kw["target"]
     if target is None:
-        target = int(constructor["target_num"]) + (
-            1 if constructor.get("select_feature", "patch") == "patch" else 0
-        )
-    num_layers = int(constructor["num_layers"])
-    module = FlowCutEncoderReplay(
-        constructor["num_heads"],
-        constructor["head_dim"],
-        num_layers,
-        constructor.get("select_layer", num_layers - 2),
-        target,
-    )
-    return OfficialRun(module.eval(), _call)
+        target = kw["target_num"] + (1 if kw["select_feature"] == "patch" else 0)
+    layers = kw["num_layers"]
+    select = layers - 2 if kw["select_layer"] is None else kw["select_layer"]
+    return Conversion(FlowCutEncoderReplay(kw["num_heads"], kw["head_dim"], layers, select, target), _call)

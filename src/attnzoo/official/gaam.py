@@ -18,50 +18,58 @@ from typing import Any
 import torch
 
 from attnzoo.mechanisms.token_mixer.gaam import GaussianAdaptiveAttention
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap, singletons, swap
 
 __all__ = ["convert_gaam"]
 
-_SYMBOLS = ("GaussianAdaptiveAttention", "MultiHeadGaussianAdaptiveAttention")
+_PARAMS = ("mean_offsets", "c")
+_SINGLE = KeyMap(views={p: swap(singletons(0)) for p in _PARAMS})
+_SIGNATURES = {
+    "GaussianAdaptiveAttention": Signature(
+        norm_axis=int,
+        num_heads=int,
+        num_gaussians=int,
+        padding_value=float | None,
+        mean_offset_init=(float, 0.0),
+        eps=(float, 1e-8),
+    ),
+    "MultiHeadGaussianAdaptiveAttention": Signature(
+        norm_axis=int, num_heads=int, num_gaussians=int, padding_value=(float | None, None), eps=(float, 1e-8)
+    ),
+}
+
+
+def _from_heads(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    heads = len({k.split(".")[1] for k in state_dict if k.startswith("attention_heads.")})
+    return {p: torch.stack([state_dict[f"attention_heads.{h}.{p}"] for h in range(heads)]) for p in _PARAMS}
+
+
+def _to_heads(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        f"attention_heads.{h}.{p}": state_dict[p][h] for h in range(state_dict["c"].shape[0]) for p in _PARAMS
+    }
 
 
 def convert_gaam(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official single- or multi-head keys -> :class:`GaussianAdaptiveAttention` keys."""
-    if "mean_offsets" in state_dict:
-        return {"mean_offsets": state_dict["mean_offsets"][None], "c": state_dict["c"][None]}
-    heads = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("attention_heads.")})
-    if not heads or heads != list(range(len(heads))):
-        raise ValueError(f"not a GAAM checkpoint: keys {sorted(state_dict)}")
-    return {
-        p: torch.stack([state_dict[f"attention_heads.{h}.{p}"] for h in heads]) for p in ("mean_offsets", "c")
-    }
+    return _SINGLE.to_attnzoo(state_dict) if "c" in state_dict else _from_heads(state_dict)
 
 
-@adapter("gaam")
-def load_gaam(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    symbol = symbol or ("GaussianAdaptiveAttention" if "mean_offsets" in state_dict else _SYMBOLS[1])
-    if symbol not in _SYMBOLS:
-        raise ValueError(f"the gaam format covers {_SYMBOLS}, got symbol {symbol!r}")
-    converted = convert_gaam(state_dict)
-    heads, gaussians = converted["c"].shape
-    multi = symbol == _SYMBOLS[1]
-    if multi and int(constructor.get("num_heads", heads)) != heads:
-        raise ValueError(f"num_heads={constructor['num_heads']} disagrees with the checkpoint ({heads})")
-    if int(constructor.get("num_gaussians", gaussians)) != gaussians:
-        raise ValueError(f"num_gaussians={constructor['num_gaussians']} disagrees with the checkpoint")
-    axis = int(constructor.get("norm_axis", -1))
+@adapter("gaam", _SIGNATURES)
+def load_gaam(kw: dict[str, Any], symbol: str) -> Conversion:
+    multi = symbol == "MultiHeadGaussianAdaptiveAttention"
+    axis = kw["norm_axis"]
     module = GaussianAdaptiveAttention(
         1,
-        int(gaussians),
-        num_heads=int(heads),
+        kw["num_gaussians"],
+        num_heads=kw["num_heads"] if multi else 1,
         axis="tokens",
-        padding_value=constructor.get("padding_value"),
-        eps=float(constructor.get("eps", 1e-8)),
+        padding_value=kw["padding_value"],
+        eps=kw["eps"],
+        mean_offset_init=kw.get("mean_offset_init", 0.0),
         official_head_eps=multi,
     )
-    load_converted(module.to(converted["c"].dtype), converted)
 
     def call(
         m: GaussianAdaptiveAttention, x: torch.Tensor, return_attention_details: bool = False
@@ -77,4 +85,6 @@ def load_gaam(
         out = back(m(flat))
         return (out, back(m.weights(flat))) if return_attention_details else (out,)
 
-    return OfficialRun(module.eval(), call)
+    if multi:
+        return Conversion(module, call, _from_heads, _to_heads)
+    return Conversion(module, call, _SINGLE.to_attnzoo, _SINGLE.to_official)

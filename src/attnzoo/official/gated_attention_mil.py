@@ -1,10 +1,11 @@
-"""Official gated attention-MIL formats (ACMIL repository, ``architecture/transformer.py``).
+"""Official gated attention-MIL formats (ACMIL repository).
 
-* ``Attention_Gated(L, D, K)`` (default symbol): ``forward(x (N, L)) -> A (K, N)`` pre-softmax
-  logits; keys ``attention_V.0.*``, ``attention_U.0.*``, ``attention_weights.*``.
-* ``Attn_Net_Gated`` (CLAM's copy, ``architecture/clam.py``; ``L, D, n_classes`` and
-  ``dropout``): ``forward(x) -> (A (N, K), x)``; keys ``attention_a.0.*``, ``attention_b.0.*``,
-  ``attention_c.*``. Its dropout layers are inert in eval.
+* ``architecture/transformer.py::Attention_Gated(L=512, D=128, K=1)`` (default symbol):
+  ``forward(x (N, L)) -> A (K, N)`` pre-softmax logits; keys ``attention_V.0.*``,
+  ``attention_U.0.*``, ``attention_weights.*``.
+* ``architecture/clam.py::Attn_Net_Gated(L=1024, D=256, dropout=False, n_classes=1)`` (CLAM's
+  copy): ``forward(x) -> (A (N, K), x)``; keys ``attention_a.0.*``, ``attention_b.0.*``,
+  ``attention_c.*``. Its dropout layers have no parameters and are inert in eval.
 
 Both map onto :class:`attnzoo.mechanisms.pooling.attention_mil.AttentionMIL` with ``gated=True``.
 """
@@ -17,48 +18,49 @@ from typing import Any
 import torch
 
 from attnzoo.mechanisms.pooling.attention_mil import AttentionMIL
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap
 
-__all__ = ["convert_gated_attention_mil"]
+__all__ = ["convert_gated_attention_mil", "gated_attention_renames"]
 
-_KEYS = {
-    "Attention_Gated": ("attention_V.0", "attention_U.0", "attention_weights"),
-    "Attn_Net_Gated": ("attention_a.0", "attention_b.0", "attention_c"),
+_PREFIXES = {
+    "Attention_Gated": ("attention_V.0.", "attention_U.0.", "attention_weights."),
+    "Attn_Net_Gated": ("attention_a.0.", "attention_b.0.", "attention_c."),
+}
+_SIGNATURES = {
+    "Attention_Gated": Signature(L=(int, 512), D=(int, 128), K=(int, 1)),
+    "Attn_Net_Gated": Signature(L=(int, 1024), D=(int, 256), dropout=(bool, False), n_classes=(int, 1)),
 }
 
 
+def gated_attention_renames(symbol: str = "Attention_Gated", prefix: str = "") -> list[tuple[str, str]]:
+    """``(official prefix, attnzoo prefix)`` pairs of official ``symbol``'s keys under ``prefix``."""
+    if symbol not in _PREFIXES:
+        raise ValueError(f"symbol must be one of {sorted(_PREFIXES)}, got {symbol!r}")
+    ours = ("attention.proj_v.", "attention.proj_u.", "attention.score.")
+    return [(prefix + theirs, mine) for theirs, mine in zip(_PREFIXES[symbol], ours)]
+
+
 def convert_gated_attention_mil(
-    state_dict: Mapping[str, torch.Tensor], symbol: str = "Attention_Gated", prefix: str = ""
+    state_dict: Mapping[str, torch.Tensor], symbol: str = "Attention_Gated"
 ) -> dict[str, torch.Tensor]:
-    """Official keys (under ``prefix``) -> :class:`AttentionMIL` keys."""
-    if symbol not in _KEYS:
-        raise ValueError(f"symbol must be one of {sorted(_KEYS)}, got {symbol!r}")
-    v, u, w = _KEYS[symbol]
-    out = {}
-    for official, ours in ((v, "proj_v"), (u, "proj_u"), (w, "score")):
-        for p in ("weight", "bias"):
-            out[f"attention.{ours}.{p}"] = state_dict[f"{prefix}{official}.{p}"]
-    return out
+    """Official ``symbol`` keys -> :class:`AttentionMIL` keys."""
+    return KeyMap(renames=gated_attention_renames(symbol)).to_attnzoo(state_dict)
 
 
-@adapter("gated_attention_mil")
-def load_gated_attention_mil(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    symbol = symbol or "Attention_Gated"
-    converted = convert_gated_attention_mil(state_dict, symbol)
-    d, length = converted["attention.proj_v.weight"].shape
-    k = int(converted["attention.score.weight"].shape[0])
-    for key, want in (("L", length), ("D", d), ("K", k), ("n_classes", k)):
-        if key in constructor and int(constructor[key]) != want:
-            raise ValueError(f"constructor {key}={constructor[key]} disagrees with the checkpoint ({want})")
-    module = AttentionMIL(int(length), int(d), k, gated=True)
-    load_converted(module.to(converted["attention.proj_v.weight"].dtype), converted)
+def _call_gated(m: AttentionMIL, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (m.logits(x[None])[0],)
 
-    def call_gated(m: AttentionMIL, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (m.logits(x[None])[0],)
 
-    def call_clam(m: AttentionMIL, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (m.logits(x[None])[0].T, x)
+def _call_clam(m: AttentionMIL, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (m.logits(x[None])[0].T, x)
 
-    return OfficialRun(module.eval(), call_gated if symbol == "Attention_Gated" else call_clam)
+
+@adapter("gated_attention_mil", _SIGNATURES)
+def load_gated_attention_mil(kw: dict[str, Any], symbol: str) -> Conversion:
+    branches = kw["K"] if symbol == "Attention_Gated" else kw["n_classes"]
+    keys = KeyMap(renames=gated_attention_renames(symbol))
+    call = _call_gated if symbol == "Attention_Gated" else _call_clam
+    return Conversion(
+        AttentionMIL(kw["L"], kw["D"], branches, gated=True), call, keys.to_attnzoo, keys.to_official
+    )

@@ -14,13 +14,12 @@ Forward kwargs that the fixtures give as descriptions of a tensor input (``gk``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from attnzoo.mechanisms.token_mixer.gla import GatedLinearAttentionOp
-from attnzoo.official import OfficialRun, adapter
+from attnzoo.official import Conversion, Signature, adapter
 
 
 def _call(
@@ -45,12 +44,6 @@ def _call(
     return o, o_reverse.flip(t)
 
 
-@adapter("gla_reference")
-def load_gla_reference(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    if constructor:
-        raise ValueError(f"naive_recurrent_gla takes no constructor arguments, got {dict(constructor)}")
-    if state_dict:
-        raise ValueError(f"naive_recurrent_gla has no parameters, got keys {sorted(state_dict)}")
-    return OfficialRun(GatedLinearAttentionOp(), _call)
+@adapter("gla_reference", {"naive_recurrent_gla": Signature()})
+def load_gla_reference(kw: dict[str, Any], symbol: str) -> Conversion:
+    return Conversion(GatedLinearAttentionOp(), _call)

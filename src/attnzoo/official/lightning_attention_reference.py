@@ -9,13 +9,12 @@ was built and is accepted and ignored. Checkpoints of the TnlAttention layer nee
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from attnzoo.mechanisms.token_mixer.lightning_attention import LightningAttentionOp
-from attnzoo.official import OfficialRun, adapter
+from attnzoo.official import Conversion, Signature, adapter
 
 
 def _call(
@@ -29,12 +28,6 @@ def _call(
     return (module(q, k, v, s),)
 
 
-@adapter("lightning_attention_reference")
-def load_lightning_attention_reference(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    if constructor:
-        raise ValueError(f"linear_attn takes no constructor arguments, got {dict(constructor)}")
-    if state_dict:
-        raise ValueError(f"linear_attn has no parameters, got keys {sorted(state_dict)}")
-    return OfficialRun(LightningAttentionOp(), _call)
+@adapter("lightning_attention_reference", {"linear_attn": Signature()})
+def load_lightning_attention_reference(kw: dict[str, Any], symbol: str) -> Conversion:
+    return Conversion(LightningAttentionOp(), _call)

@@ -12,45 +12,45 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from attnzoo.mechanisms.token_mixer.moh_attention import MoHAttention
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import Choice, Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap
 
 __all__ = ["convert_moh"]
 
-_RENAMES = {"wg.": "router.", "wg_1.": "shared_router.", "wg_0.": "mix_router."}
+_KEYS = KeyMap(renames=(("wg.", "router."), ("wg_1.", "shared_router."), ("wg_0.", "mix_router.")))
+MOH = Signature(
+    dim=int,
+    num_heads=(int, 8),
+    qkv_bias=(bool, False),
+    qk_norm=(bool, False),
+    attn_drop=(float, 0.0),
+    proj_drop=(float, 0.0),
+    norm_layer=(Choice(nn.LayerNorm), nn.LayerNorm),
+    shared_head=(int, 0),
+    routed_head=(int, 0),
+    head_dim=(int | None, None),
+)
 
 
 def convert_moh(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official ``MoHAttention`` state_dict -> attnzoo ``MoHAttention`` state_dict."""
-    out = {}
-    for key, value in state_dict.items():
-        for old, new in _RENAMES.items():
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        out[key] = value
-    return out
+    return _KEYS.to_attnzoo(state_dict)
 
 
-@adapter("moh_attention")
-def load_moh(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    if constructor.get("norm_layer") not in (None, torch.nn.LayerNorm):
-        raise ValueError("only the official default norm_layer=nn.LayerNorm is supported")
-    head_dim = constructor.get("head_dim")
+@adapter("moh_attention", {"MoHAttention": MOH})
+def load_moh(kw: dict[str, Any], symbol: str) -> Conversion:
     module = MoHAttention(
-        int(constructor["dim"]),
-        int(constructor.get("num_heads", 8)),
-        shared_head=int(constructor.get("shared_head", 0)),
-        routed_head=int(constructor.get("routed_head", 0)),
-        head_dim=None if head_dim is None else int(head_dim),
-        qkv_bias=bool(constructor.get("qkv_bias", False)),
-        qk_norm=bool(constructor.get("qk_norm", False)),
-        attn_drop=float(constructor.get("attn_drop", 0.0)),
-        proj_drop=float(constructor.get("proj_drop", 0.0)),
+        kw["dim"],
+        kw["num_heads"],
+        shared_head=kw["shared_head"],
+        routed_head=kw["routed_head"],
+        head_dim=kw["head_dim"],
+        qkv_bias=kw["qkv_bias"],
+        qk_norm=kw["qk_norm"],
+        attn_drop=kw["attn_drop"],
+        proj_drop=kw["proj_drop"],
     )
-    dtype = state_dict["proj.weight"].dtype
-    load_converted(module.to(dtype), convert_moh(state_dict))
-    return OfficialRun(module.eval(), lambda m, x: (m(x),))
+    return Conversion(module, lambda m, x: (m(x),), _KEYS.to_attnzoo, _KEYS.to_official)

@@ -13,76 +13,53 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from attnzoo.mechanisms.token_mixer.ninformer_gating import NiNformerBlock, NiNformerGating
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap
 
 __all__ = ["convert_ninformer_block", "convert_ninformer_gating"]
 
-_GATING_KEYS = {
-    "Mixer.token_mix.0.": "token_norm.",
-    "Mixer.token_mix.2.net.0.": "token_mlp.0.",
-    "Mixer.token_mix.2.net.3.": "token_mlp.3.",
-    "Mixer.channel_mix.0.": "channel_norm.",
-    "Mixer.channel_mix.1.net.0.": "channel_mlp.0.",
-    "Mixer.channel_mix.1.net.3.": "channel_mlp.3.",
-    "proj.": "proj.",
+_GATING = (
+    ("Mixer.token_mix.0.", "token_norm."),
+    ("Mixer.token_mix.2.net.", "token_mlp."),
+    ("Mixer.channel_mix.0.", "channel_norm."),
+    ("Mixer.channel_mix.1.net.", "channel_mlp."),
+)
+_GATING_KEYS = KeyMap(renames=_GATING)
+_BLOCK_KEYS = KeyMap(
+    renames=(
+        *((f"mgu.{a}", f"gating.{b}") for a, b in _GATING),
+        ("mgu.proj.", "gating.proj."),
+        ("ffn.net.", "ffn."),
+    )
+)
+_SIGNATURES = {
+    "MixerGatingUnit": Signature(dim=int, seq_len=int, token_dim=int, channel_dim=int, dropout=float),
+    "NiNBlock": Signature(d_model=int, d_ffn=int, seq_len=int, dropout=float),
 }
 
 
-def convert_ninformer_gating(
-    state_dict: Mapping[str, torch.Tensor], prefix: str = ""
-) -> dict[str, torch.Tensor]:
-    """Official ``MixerGatingUnit`` keys (under ``prefix``) -> :class:`NiNformerGating` keys."""
-    return {
-        ours + p: state_dict[f"{prefix}{theirs}{p}"]
-        for theirs, ours in _GATING_KEYS.items()
-        for p in ("weight", "bias")
-    }
+def convert_ninformer_gating(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ``MixerGatingUnit`` keys -> :class:`NiNformerGating` keys."""
+    return _GATING_KEYS.to_attnzoo(state_dict)
 
 
 def convert_ninformer_block(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official ``NiNBlock`` keys -> :class:`NiNformerBlock` keys."""
-    out = {f"gating.{k}": v for k, v in convert_ninformer_gating(state_dict, "mgu.").items()}
-    for p in ("weight", "bias"):
-        out[f"norm.{p}"] = state_dict[f"norm.{p}"]
-        out[f"ffn.0.{p}"] = state_dict[f"ffn.net.0.{p}"]
-        out[f"ffn.3.{p}"] = state_dict[f"ffn.net.3.{p}"]
-    return out
+    return _BLOCK_KEYS.to_attnzoo(state_dict)
 
 
-@adapter("ninformer_gating")
-def load_ninformer_gating(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    symbol = symbol or ("NiNBlock" if "norm.weight" in state_dict else "MixerGatingUnit")
-    dropout = float(constructor.get("dropout", 0.0))
-    module: nn.Module
-    if symbol == "MixerGatingUnit":
-        token_w = state_dict["Mixer.token_mix.2.net.0.weight"]
-        found = {
-            "dim": int(state_dict["proj.weight"].shape[0]),
-            "seq_len": int(token_w.shape[1]),
-            "token_dim": int(token_w.shape[0]),
-            "channel_dim": int(state_dict["Mixer.channel_mix.1.net.0.weight"].shape[0]),
-        }
-        module = NiNformerGating(**found, dropout=dropout)
-        converted = convert_ninformer_gating(state_dict)
-    elif symbol == "NiNBlock":
-        ffn_w = state_dict["ffn.net.0.weight"]
-        found = {
-            "d_model": int(ffn_w.shape[1]),
-            "d_ffn": int(ffn_w.shape[0]),
-            "seq_len": int(state_dict["mgu.Mixer.token_mix.2.net.0.weight"].shape[1]),
-        }
-        module = NiNformerBlock(found["d_model"], found["d_ffn"], found["seq_len"], dropout=dropout)
-        converted = convert_ninformer_block(state_dict)
+@adapter("ninformer_gating", _SIGNATURES)
+def load_ninformer_gating(kw: dict[str, Any], symbol: str) -> Conversion:
+    if symbol == "NiNBlock":
+        module: torch.nn.Module = NiNformerBlock(
+            kw["d_model"], kw["d_ffn"], kw["seq_len"], dropout=kw["dropout"]
+        )
+        keys = _BLOCK_KEYS
     else:
-        raise ValueError(f"the ninformer_gating format covers MixerGatingUnit and NiNBlock, got {symbol!r}")
-    for key, want in found.items():
-        if key in constructor and int(constructor[key]) != want:
-            raise ValueError(f"{key}={constructor[key]} disagrees with the checkpoint ({want})")
-    dtype = next(iter(converted.values())).dtype
-    load_converted(module.to(dtype), converted)
-    return OfficialRun(module.eval(), lambda m, x: (m(x),))
+        module = NiNformerGating(
+            kw["dim"], kw["seq_len"], kw["token_dim"], kw["channel_dim"], dropout=kw["dropout"]
+        )
+        keys = _GATING_KEYS
+    return Conversion(module, lambda m, x: (m(x),), keys.to_attnzoo, keys.to_official)

@@ -3,7 +3,8 @@
 ``ContMixBlock(dim, kernel_size, smk_size, num_heads, mlp_ratio, res_scale, ls_init_value,
 drop_path, use_gemm, deploy, use_checkpoint)``; ``forward(x (B, C, H, W)) -> (B, C, H, W)``.
 Maps onto :class:`attnzoo.mechanisms.feature_map.contmix.ContMixBlock` (``deploy=True`` ->
-``fused_lepe=True``); ``use_gemm`` and ``use_checkpoint`` change the implementation, not the function.
+``fused_lepe=True``); ``use_gemm`` and ``use_checkpoint`` change the implementation, not the function;
+only the default ``norm_layer`` (LayerNorm2d) is supported.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import torch
 
 from attnzoo.mechanisms.feature_map.contmix import DILATED_BRANCHES, ContMixBlock
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap, singletons
 
 __all__ = ["convert_contmix_block"]
 
@@ -49,47 +51,56 @@ _PREFIXES = (
 )
 
 
-def convert_contmix_block(
-    state_dict: Mapping[str, torch.Tensor], kernel_size: int
-) -> dict[str, torch.Tensor]:
-    """Official ``ContMixBlock`` keys -> :class:`ContMixBlock` keys (shapes adapted)."""
+_VIEWS = {
+    "mixer.weight_proj.weight": singletons(2, 3),
+    "ls1.weight": singletons(1, 2, 3),
+    "ls2.weight": singletons(1, 2, 3),
+    "mlp.3.gamma": singletons(0, 2, 3),
+    "mlp.3.beta": singletons(0, 2, 3),
+}
+CONTMIX_BLOCK = Signature(
+    dim=(int, 64),
+    kernel_size=(int, 7),
+    smk_size=(int, 5),
+    num_heads=(int, 2),
+    mlp_ratio=(float, 4.0),
+    res_scale=(bool, False),
+    ls_init_value=(float | None, None),
+    drop_path=(float, 0.0),
+    use_gemm=(bool, False),
+    deploy=(bool, False),
+    use_checkpoint=(bool, False),
+    unsupported=("norm_layer",),
+)
+
+
+def _keys(kernel_size: int) -> KeyMap:
     prefixes = list(_PREFIXES)
     for i, (k, r) in enumerate(DILATED_BRANCHES[kernel_size]):
         prefixes.append((f"lepe.0.dil_conv_k{k}_{r}.", f"mixer.lepe.branches.{i}.0."))
         prefixes.append((f"lepe.0.dil_bn_k{k}_{r}.", f"mixer.lepe.branches.{i}.1."))
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        match = next(((a, b) for a, b in prefixes if key.startswith(a)), None)
-        if match is None:
-            raise ValueError(f"unexpected key {key!r} in a ContMixBlock checkpoint")
-        ours = match[1] + key[len(match[0]) :]
-        if ours == "mixer.weight_proj.weight":
-            value = value.reshape(value.shape[0], -1)
-        elif ours.startswith(("ls1.weight", "ls2.weight", "mlp.3.")):
-            value = value.flatten()
-        out[ours] = value
-    return out
+    return KeyMap(renames=prefixes, views=_VIEWS)
 
 
-@adapter("overlock_contmix")
-def load_contmix(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    if symbol not in (None, "ContMixBlock"):
-        raise ValueError(f"overlock_contmix covers ContMixBlock only, got symbol {symbol!r}")
-    dim = int(constructor.get("dim", 64))
-    kernel_size = int(constructor.get("kernel_size", 7))
+def convert_contmix_block(
+    state_dict: Mapping[str, torch.Tensor], kernel_size: int
+) -> dict[str, torch.Tensor]:
+    """Official ``ContMixBlock`` keys -> :class:`ContMixBlock` keys (shapes adapted)."""
+    return _keys(kernel_size).to_attnzoo(state_dict)
+
+
+@adapter("overlock_contmix", {"ContMixBlock": CONTMIX_BLOCK})
+def load_contmix(kw: dict[str, Any], symbol: str) -> Conversion:
     module = ContMixBlock(
-        dim,
-        kernel_size,
-        int(constructor.get("smk_size", 5)),
-        int(constructor.get("num_heads", 2)),
-        float(constructor.get("mlp_ratio", 4)),
-        res_scale=bool(constructor.get("res_scale", False)),
-        ls_init_value=constructor.get("ls_init_value"),
-        drop_path=float(constructor.get("drop_path", 0.0)),
-        fused_lepe=bool(constructor.get("deploy", False)),
+        kw["dim"],
+        kw["kernel_size"],
+        kw["smk_size"],
+        kw["num_heads"],
+        kw["mlp_ratio"],
+        res_scale=kw["res_scale"],
+        ls_init_value=kw["ls_init_value"],
+        drop_path=kw["drop_path"],
+        fused_lepe=kw["deploy"],
     )
-    dtype = state_dict["dwconv1.weight"].dtype
-    load_converted(module.to(dtype), convert_contmix_block(state_dict, kernel_size))
-    return OfficialRun(module.eval(), lambda m, x: (m(x),))
+    keys = _keys(kw["kernel_size"])
+    return Conversion(module, lambda m, x: (m(x),), keys.to_attnzoo, keys.to_official)

@@ -16,19 +16,20 @@ import torch
 
 from attnzoo.kernels.grouped import segment_mask
 from attnzoo.mechanisms.token_mixer.region_attention import RegionAttention
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap, singletons
 
 __all__ = ["convert_rat_region_attention", "region_map_from_mask"]
+
+_KEYS = KeyMap(
+    renames=(("project_out.", "proj."),),
+    views={"qkv.weight": singletons(2, 3), "proj.weight": singletons(2, 3)},
+)
 
 
 def convert_rat_region_attention(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official ``RegionAttention`` state_dict -> attnzoo ``RegionAttention`` state_dict."""
-    out = {}
-    for src, dst in (("qkv", "qkv"), ("project_out", "proj")):
-        out[f"{dst}.weight"] = state_dict[f"{src}.weight"].flatten(1)
-        if f"{src}.bias" in state_dict:
-            out[f"{dst}.bias"] = state_dict[f"{src}.bias"]
-    return out
+    return _KEYS.to_attnzoo(state_dict)
 
 
 def region_map_from_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -41,27 +42,21 @@ def region_map_from_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return labels.view(mask.shape[0], *size)
 
 
-@adapter("rat_region_attention")
-def load_rat_region_attention(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    module = RegionAttention(
-        int(constructor["n_feat"]), int(constructor["num_heads"]), bias=bool(constructor.get("bias", True))
-    )
-    dtype = state_dict["qkv.weight"].dtype
-    load_converted(module.to(dtype), convert_rat_region_attention(state_dict))
+def _call(
+    m: RegionAttention, x: torch.Tensor, mask: torch.Tensor, region_map: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    b, c, h, w = x.shape
+    labels = region_map_from_mask(mask, (h, w))
+    if region_map is not None and not torch.equal(
+        segment_mask(region_map.flatten(1)), segment_mask(labels.flatten(1))
+    ):
+        raise ValueError("region_map disagrees with mask")
+    tokens = x.flatten(2).transpose(1, 2)
+    out = m(tokens, size=(h, w), region_map=labels)
+    return (out.transpose(1, 2).reshape(b, c, h, w),)
 
-    def call(
-        m: RegionAttention, x: torch.Tensor, mask: torch.Tensor, region_map: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, ...]:
-        b, c, h, w = x.shape
-        labels = region_map_from_mask(mask, (h, w))
-        if region_map is not None and not torch.equal(
-            segment_mask(region_map.flatten(1)), segment_mask(labels.flatten(1))
-        ):
-            raise ValueError("region_map disagrees with mask")
-        tokens = x.flatten(2).transpose(1, 2)
-        out = m(tokens, size=(h, w), region_map=labels)
-        return (out.transpose(1, 2).reshape(b, c, h, w),)
 
-    return OfficialRun(module.eval(), call)
+@adapter("rat_region_attention", {"RegionAttention": Signature(n_feat=int, num_heads=int, bias=(bool, True))})
+def load_rat_region_attention(kw: dict[str, Any], symbol: str) -> Conversion:
+    module = RegionAttention(kw["n_feat"], kw["num_heads"], bias=kw["bias"])
+    return Conversion(module, _call, _KEYS.to_attnzoo, _KEYS.to_official)

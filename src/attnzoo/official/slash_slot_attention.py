@@ -2,10 +2,12 @@
 
 ``cfg`` is the repository's nested config (``MODEL.HID_DIM``, ``MODEL.MLP_HID_DIM``,
 ``MODEL.SLOT.{NUM, DIM, ITERATIONS, ATTN_HEADS, ATTN_SMOOTH, ATTN_SMOOTH_SIZE, TEMPERATURE}``,
-``WEAK_SUP.TYPE``, ``POS_PRED.{USE_POS_PRED, PP_SIZE}``). The official forward draws the initial
-slots itself; the fixtures record the standard-normal draw as ``noise``, and the adapter turns it
-into slots with :meth:`SlotAttention.initial_slots`. Outputs follow the official dict:
-``attn``, ``attns.<t>``, ``attns_origin.<t>``, ``pos_pred.<t>``, ``slots`` (in the order asked).
+``WEAK_SUP.TYPE``, ``POS_PRED.{USE_POS_PRED, PP_SIZE}``); the other sections and fields of the
+repository config are accepted and unused, except inside ``MODEL.SLOT``, which is checked whole.
+The official forward draws the initial slots itself; the fixtures record the standard-normal draw
+as ``noise``, and the adapter turns it into slots with :meth:`SlotAttention.initial_slots`.
+Outputs follow the official dict: ``attn``, ``attns.<t>``, ``attns_origin.<t>``, ``pos_pred.<t>``,
+``slots`` (in the order asked).
 """
 
 from __future__ import annotations
@@ -17,30 +19,50 @@ from typing import Any
 import torch
 
 from attnzoo.mechanisms.cross_attention.slot_attention import SlotAttention, SlotAttentionOutput
-from attnzoo.official import OfficialRun, adapter, load_converted
+from attnzoo.official import CheckpointError, Choice, Conversion, Signature, adapter
+from attnzoo.official.keys import KeyMap, singletons
 
 __all__ = ["convert_slash_slot_attention"]
 
-_OUTPUTS_WITH_POS = ("attn", "attns", "attns_origin", "pos_pred", "slots")
+_KEYS = KeyMap(
+    renames=(
+        ("pos_predictor.layer_norm.", "pos_norm."),
+        ("pos_predictor.mlp.", "pos_mlp."),
+        ("pos_encoder.encoder.", "pos_encoder."),
+        ("knconv.weight", "ark_weight"),
+    ),
+    views={"slots_mu": singletons(0, 1), "slots_sigma": singletons(0, 1), "ark_weight": singletons(0, 1)},
+)
+_SLOT = Signature(
+    NUM=int,
+    DIM=int,
+    ITERATIONS=int,
+    ATTN_HEADS=int,
+    ATTN_SMOOTH=(Choice("", "conv", "wnconv"), ""),
+    ATTN_SMOOTH_SIZE=(int, 5),
+    ATTN_SMOOTH_GAU_MIN=(float, 0.1),
+    ATTN_SMOOTH_GAU_MAX=(float, 2.0),
+    TEMPERATURE=(float, 1.0),
+)
+SLOT_ATTENTION = Signature(
+    cfg=Signature(
+        open=True,
+        MODEL=Signature(open=True, HID_DIM=int, MLP_HID_DIM=int, SLOT=_SLOT),
+        WEAK_SUP=(
+            Signature(
+                open=True, TYPE=(Choice("", "bbox", "bbox_center"), ""), INIT_USING_SUP=(Choice(False), False)
+            ),
+            {},
+        ),
+        POS_PRED=(Signature(open=True, USE_POS_PRED=(bool, False), PP_SIZE=(str, "base")), {}),
+    ),
+    eps=(float, 1e-8),
+)
 
 
 def convert_slash_slot_attention(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official ``SlotAttention`` keys -> :class:`SlotAttention` keys."""
-    renames = {
-        "pos_predictor.layer_norm.": "pos_norm.",
-        "pos_predictor.mlp.": "pos_mlp.",
-        "pos_encoder.encoder.": "pos_encoder.",
-    }
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key in ("slots_mu", "slots_sigma"):
-            out[key] = value.reshape(-1)
-        elif key == "knconv.weight":
-            out["ark_weight"] = value.reshape(value.shape[-2], value.shape[-1])
-        else:
-            prefix = next((p for p in renames if key.startswith(p)), None)
-            out[key if prefix is None else renames[prefix] + key[len(prefix) :]] = value
-    return out
+    return _KEYS.to_attnzoo(state_dict)
 
 
 def _output_names(iterations: int, with_pos: bool) -> list[str]:
@@ -62,37 +84,31 @@ def _select(result: SlotAttentionOutput, names: Sequence[str]) -> tuple[torch.Te
     return tuple(table[n] for n in names)
 
 
-@adapter("slash_slot_attention")
-def load_slash_slot_attention(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    if symbol not in (None, "SlotAttention"):
-        raise ValueError(f"the slash_slot_attention format covers SlotAttention only, got {symbol!r}")
-    cfg = constructor["cfg"]
+@adapter("slash_slot_attention", {"SlotAttention": SLOT_ATTENTION})
+def load_slash_slot_attention(kw: dict[str, Any], symbol: str) -> Conversion:
+    cfg = kw["cfg"]
     model, slot = cfg["MODEL"], cfg["MODEL"]["SLOT"]
-    if cfg.get("WEAK_SUP", {}).get("INIT_USING_SUP", False):
-        raise ValueError("WEAK_SUP.INIT_USING_SUP (slot initialisation from positions) is not supported")
-    smooth = slot.get("ATTN_SMOOTH", "") or "none"
-    if smooth not in ("none", "conv", "wnconv"):
-        raise ValueError(f"ATTN_SMOOTH={smooth!r} is not supported (only '', 'conv', 'wnconv')")
-    pos_pred = bool(cfg.get("POS_PRED", {}).get("USE_POS_PRED", False))
+    pos_pred, sup = cfg["POS_PRED"]["USE_POS_PRED"], cfg["WEAK_SUP"]["TYPE"]
+    if pos_pred and not sup:
+        raise CheckpointError.argument(
+            "cfg.WEAK_SUP.TYPE", "POS_PRED.USE_POS_PRED needs WEAK_SUP.TYPE 'bbox' or 'bbox_center'"
+        )
+    smooth = slot["ATTN_SMOOTH"] or "none"
     module = SlotAttention(
-        int(slot["DIM"]),
-        int(model["HID_DIM"]),
-        int(slot["ATTN_HEADS"]),
-        num_iterations=int(slot["ITERATIONS"]),
-        mlp_hidden_dim=int(model["MLP_HID_DIM"]),
-        temperature=float(slot["TEMPERATURE"]),
-        eps=float(constructor.get("eps", 1e-8)),
+        slot["DIM"],
+        model["HID_DIM"],
+        slot["ATTN_HEADS"],
+        num_iterations=slot["ITERATIONS"],
+        mlp_hidden_dim=model["MLP_HID_DIM"],
+        temperature=slot["TEMPERATURE"],
+        eps=kw["eps"],
         smoothing=smooth,
-        smoothing_size=int(slot.get("ATTN_SMOOTH_SIZE", 5)),
-        position_dims=(4 if cfg["WEAK_SUP"]["TYPE"] == "bbox" else 2) if pos_pred else None,
-        position_mlp=cfg.get("POS_PRED", {}).get("PP_SIZE", "base"),
+        smoothing_size=slot["ATTN_SMOOTH_SIZE"],
+        position_dims=(4 if sup == "bbox" else 2) if pos_pred else None,
+        position_mlp=cfg["POS_PRED"]["PP_SIZE"],
         official_ark_iterates=smooth == "wnconv",
     )
-    converted = convert_slash_slot_attention(state_dict)
-    load_converted(module.to(converted["slots_mu"].dtype), converted)
-    names = _output_names(module.num_iterations, pos_pred)
+    names = _output_names(slot["ITERATIONS"], pos_pred)
 
     def call(
         m: SlotAttention,
@@ -111,4 +127,4 @@ def load_slash_slot_attention(
             size = (side, side)
         return _select(m.forward_details(m.initial_slots(noise), inputs, size=size), names)
 
-    return OfficialRun(module.eval(), call)
+    return Conversion(module, call, _KEYS.to_attnzoo, _KEYS.to_official)

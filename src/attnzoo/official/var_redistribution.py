@@ -11,13 +11,12 @@ the redistributed map.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from attnzoo.inference.var import LLAMA2_7B_SINK_DIMS, VisualAttentionRedistribution
-from attnzoo.official import OfficialRun, adapter
+from attnzoo.official import CheckpointError, Conversion, Signature, adapter
 
 
 def _call(
@@ -35,22 +34,28 @@ def _call(
     return torch.nonzero(sinks[0])[:, 0], torch.nonzero(rows), out
 
 
-@adapter("var_redistribution")
-def load_var_redistribution(
-    constructor: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], symbol: str | None
-) -> OfficialRun:
-    if state_dict:
-        raise ValueError(f"VAR has no parameters, got state_dict keys {sorted(state_dict)}")
-    if constructor.get("layer", "all") != "all":
-        raise ValueError(
-            "only layer='all' (per-layer sink detection) is supported; the official single-layer mode "
-            "reuses one layer's sinks everywhere, which attnzoo expresses by passing those sinks to apply()"
+VAR = Signature(
+    tau=(float, 20.0),
+    rho=(float, 0.5),
+    summ=(float, 0.2),
+    p=(float, 0.6),
+    except_last_layer=(int | bool, 1),
+    layer=(str | int, "all"),
+    dim_sink=(list, LLAMA2_7B_SINK_DIMS),
+    num_hidden_layers=(int, 32),
+)
+
+
+@adapter("var_redistribution", {"VARProcessor": VAR})
+def load_var_redistribution(kw: dict[str, Any], symbol: str) -> Conversion:
+    if kw["layer"] != "all":
+        raise CheckpointError.argument(
+            "layer",
+            f"layer={kw['layer']!r}: only layer='all' (per-layer sink detection) is supported; the official "
+            "single-layer mode reuses one layer's sinks everywhere, which attnzoo expresses by passing "
+            "those sinks to apply()",
         )
     module = VisualAttentionRedistribution(
-        constructor.get("dim_sink", LLAMA2_7B_SINK_DIMS),
-        tau=float(constructor.get("tau", 20.0)),
-        rho=float(constructor.get("rho", 0.5)),
-        summ=float(constructor.get("summ", 0.2)),
-        p=float(constructor.get("p", 0.6)),
+        kw["dim_sink"], tau=kw["tau"], rho=kw["rho"], summ=kw["summ"], p=kw["p"]
     )
-    return OfficialRun(module.eval(), _call)
+    return Conversion(module, _call)

@@ -1,12 +1,16 @@
-"""CBAM: eq. 1-3 written with the official code's pooling ops, the official-checkpoint converter."""
+"""CBAM: eq. 1-3 written with the official code's pooling ops; official checkpoints (the key layout of
+Jongchan/attention-module MODELS/cbam.py, written by hand) load through attnzoo.official and give
+the official forward computed independently in float64."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.official.layouts import cbam_constructor, cbam_state_dict
 
-from attnzoo.mechanisms.feature_map.cbam import CBAM, convert_official_cbam_state_dict
+from attnzoo import official
+from attnzoo.mechanisms.feature_map.cbam import CBAM
 
 
 def _reference(m: CBAM, x: torch.Tensor) -> torch.Tensor:
@@ -41,24 +45,46 @@ def test_matches_equations(spatial: bool, spatial_bn: bool) -> None:
     torch.testing.assert_close(m(x), _reference(m, x), atol=1e-12, rtol=1e-10)
 
 
-def test_official_checkpoint_converter() -> None:
-    torch.manual_seed(1)
-    source = CBAM(32, 16, spatial_bn=True)
-    inverse = {
-        "fc1.weight": "ChannelGate.mlp.1.weight", "fc1.bias": "ChannelGate.mlp.1.bias",
-        "fc2.weight": "ChannelGate.mlp.3.weight", "fc2.bias": "ChannelGate.mlp.3.bias",
-        "spatial.weight": "SpatialGate.spatial.conv.weight",
-    }
-    official_sd = {
-        inverse.get(k, k.replace("spatial_bn.", "SpatialGate.spatial.bn.")): v
-        for k, v in source.state_dict().items()
-    }
-    target = CBAM(32, 16, spatial_bn=True)
-    target.load_state_dict(convert_official_cbam_state_dict(official_sd))
-    x = torch.randn(1, 32, 4, 4)
-    torch.testing.assert_close(target.eval()(x), source.eval()(x))
-    with pytest.raises(ValueError, match="unexpected keys"):
-        convert_official_cbam_state_dict({"mlp.weight": torch.zeros(1)})
+def _official_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``CBAM.forward`` of MODELS/cbam.py from the official tensors: ChannelGate (avg and max pools of
+    the full map through the shared mlp.1 -> ReLU -> mlp.3, summed, sigmoid), then SpatialGate
+    (ChannelPool [max, mean] over channels, 7x7 conv with padding 3, eval BatchNorm, sigmoid)."""
+    b, c = x.shape[:2]
+
+    def mlp(v: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(v @ sd["ChannelGate.mlp.1.weight"].T + sd["ChannelGate.mlp.1.bias"])
+        return h @ sd["ChannelGate.mlp.3.weight"].T + sd["ChannelGate.mlp.3.bias"]
+
+    flat = x.reshape(b, c, -1)
+    x = x * torch.sigmoid(mlp(flat.mean(-1)) + mlp(flat.amax(-1)))[:, :, None, None]
+    if "SpatialGate.spatial.conv.weight" not in sd:
+        return x
+    pooled = torch.stack([x.amax(1), x.mean(1)], dim=1)
+    s = F.conv2d(pooled, sd["SpatialGate.spatial.conv.weight"], padding=3)
+    bn = {k.rsplit(".", 1)[-1]: v for k, v in sd.items() if k.startswith("SpatialGate.spatial.bn.")}
+    s = (s - bn["running_mean"]) / torch.sqrt(bn["running_var"] + 1e-5) * bn["weight"] + bn["bias"]
+    return x * torch.sigmoid(s)
+
+
+@pytest.mark.parametrize("no_spatial", [False, True])
+def test_official_checkpoint_gives_the_official_forward(no_spatial: bool) -> None:
+    sd = cbam_state_dict(32, 8, no_spatial, seed=3)
+    run = official.load("cbam", cbam_constructor(32, 8, no_spatial), sd)
+    x = torch.randn(2, 32, 6, 5, dtype=torch.float64)
+    (out,) = run(x=x)
+    torch.testing.assert_close(out, _official_forward(sd, x), atol=1e-12, rtol=1e-10)
+    assert (run.module.spatial is None) == no_spatial
+
+
+def test_official_checkpoint_errors() -> None:
+    sd = cbam_state_dict(32, 8)
+    with pytest.raises(official.CheckpointError, match=r"only \['avg', 'max'\]"):
+        official.load("cbam", {**cbam_constructor(32, 8), "pool_types": ["avg", "lse"]}, sd)
+    with pytest.raises(official.CheckpointError, match="no hidden unit"):
+        official.load("cbam", cbam_constructor(4, 8), cbam_state_dict(4, 8))
+    with pytest.raises(official.CheckpointError, match=r"SpatialGate\.spatial\.conv\.weight") as info:
+        official.load("cbam", cbam_constructor(32, 8, no_spatial=True), sd)
+    assert {p.kind for p in info.value.problems} == {"unexpected_key"}
 
 
 def test_gates_shapes_and_errors() -> None:

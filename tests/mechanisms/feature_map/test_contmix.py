@@ -140,7 +140,8 @@ def test_bad_arguments() -> None:
 
 def test_official_deploy_checkpoint_loads() -> None:
     """A reparameterised (deploy=True) official checkpoint maps onto fused_lepe=True."""
-    from attnzoo.official.overlock_contmix import _PREFIXES, load_contmix
+    from attnzoo.official import load
+    from attnzoo.official.overlock_contmix import _PREFIXES
 
     blk = _randomise(ContMixBlock(8, 5, 3, 1, 2.0, ls_init_value=0.5).double())
     x = torch.randn(2, 8, 6, 7, dtype=torch.float64)
@@ -161,5 +162,5 @@ def test_official_deploy_checkpoint_loads() -> None:
         official[name] = value
     constructor = {"dim": 8, "kernel_size": 5, "smk_size": 3, "num_heads": 1, "mlp_ratio": 2,
                    "ls_init_value": 0.5, "deploy": True}
-    run = load_contmix(constructor, official, None)
+    run = load("overlock_contmix", constructor, official)
     torch.testing.assert_close(run(x=x)[0], want)

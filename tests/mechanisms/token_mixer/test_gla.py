@@ -1,5 +1,6 @@
 """GLA: the layer against its equations written out token by token in float64, step decoding,
-and the official naive_recurrent_gla calling convention (incl. causal=False) of the adapter."""
+the official naive_recurrent_gla calling convention (incl. causal=False) of the adapter, and fla's
+GatedLinearAttention checkpoints (key layout written from fla/layers/gla.py) giving fla's forward."""
 
 from __future__ import annotations
 
@@ -90,14 +91,51 @@ def test_bad_arguments() -> None:
         GatedLinearAttention(8, 2).step(torch.randn(1, 9))
 
 
-def test_convert_fla_state_dict() -> None:
-    torch.manual_seed(4)
-    m = GatedLinearAttention(8, 2)
-    fla_sd = dict(m.state_dict())
-    fla_sd["g_norm_swish_gate.weight"] = fla_sd.pop("g_norm.weight")
-    fresh = GatedLinearAttention(8, 2)
-    fresh.load_state_dict(convert_fla_gla_state_dict(fla_sd))
-    x = torch.randn(1, 5, 8)
-    torch.testing.assert_close(fresh(x), m(x))
+def _fla_state_dict(
+    d_model: int, heads: int, expand_k: float, expand_v: float, low_rank: int, fuse_norm: bool
+) -> dict[str, torch.Tensor]:
+    """A ``fla.layers.gla.GatedLinearAttention(d_model, expand_v, expand_k, num_heads, gate_low_rank_dim,
+    fuse_norm)`` state_dict (ViG's vendored fla): bias-free q/k/v/g/o projections, the low-rank gate
+    ``gk_proj = Sequential(Linear(d, r, bias=False), Linear(r, key_dim))`` and the per-head RMSNorm
+    weight under ``g_norm_swish_gate`` (FusedRMSNormSwishGate, fuse_norm=True) or ``g_norm``."""
+    key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
+    shapes = {
+        "q_proj.weight": (key_dim, d_model),
+        "k_proj.weight": (key_dim, d_model),
+        "v_proj.weight": (value_dim, d_model),
+        "g_proj.weight": (value_dim, d_model),
+        "gk_proj.0.weight": (low_rank, d_model),
+        "gk_proj.1.weight": (key_dim, low_rank),
+        "gk_proj.1.bias": (key_dim,),
+        "o_proj.weight": (d_model, value_dim),
+        f"{'g_norm_swish_gate' if fuse_norm else 'g_norm'}.weight": (value_dim // heads,),
+    }
+    g = torch.Generator().manual_seed(5)
+    return {k: 0.4 * torch.randn(shape, generator=g, dtype=torch.float64) for k, shape in shapes.items()}
+
+
+def _fla_forward(sd, x, heads, eps=1e-5, normalizer=16):
+    """fla's GatedLinearAttention.forward from its tensors: per-head q, k, v, gk = logsigmoid(x W0 W1 + b) /
+    normalizer, the recurrence, RMSNorm per head times weight, times swish(g), then o_proj."""
+    b, n, _ = x.shape
+    per_head = lambda t: t.view(b, n, heads, -1).transpose(1, 2)  # noqa: E731  'b n (h d) -> b h n d'
+    q, k, v = (per_head(x @ sd[f"{p}_proj.weight"].T) for p in "qkv")
+    gk = (x @ sd["gk_proj.0.weight"].T) @ sd["gk_proj.1.weight"].T + sd["gk_proj.1.bias"]
+    o, _ = _scan(q, k, v, per_head(F.logsigmoid(gk) / normalizer))
+    o = o.transpose(1, 2)  # 'b h l d -> b l h d'
+    weight = sd.get("g_norm_swish_gate.weight", sd.get("g_norm.weight"))
+    normed = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + eps) * weight
+    g = (x @ sd["g_proj.weight"].T).view(b, n, heads, -1)
+    return (normed * g * torch.sigmoid(g)).reshape(b, n, -1) @ sd["o_proj.weight"].T
+
+
+@pytest.mark.parametrize("fuse_norm", [True, False])
+def test_fla_checkpoint_gives_fla_forward(fuse_norm: bool) -> None:
+    sd = _fla_state_dict(12, 3, 0.5, 2.0, 4, fuse_norm)
+    m = GatedLinearAttention(12, 3, expand_k=0.5, expand_v=2.0, gate_low_rank_dim=4).double().eval()
+    m.load_state_dict(convert_fla_gla_state_dict(sd))
+    x = torch.randn(2, 9, 12, dtype=torch.float64)
+    torch.testing.assert_close(m(x), _fla_forward(sd, x, heads=3), atol=1e-12, rtol=1e-10)
+    both = {"g_norm.weight": torch.ones(4), "g_norm_swish_gate.weight": torch.ones(4)}
     with pytest.raises(ValueError, match="both"):
-        convert_fla_gla_state_dict({**fla_sd, "g_norm.weight": torch.ones(8)})
+        convert_fla_gla_state_dict(both)

@@ -13,8 +13,6 @@ A baseline beside SE (``se``): SE is the channel half with average pooling only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
@@ -22,29 +20,7 @@ from attnzoo.checks import check_bool, check_int
 from attnzoo.families import FeatureMapAttention
 from attnzoo.registry import Card, register
 
-__all__ = ["CBAM", "convert_official_cbam_state_dict"]
-
-_OFFICIAL_KEYS = {
-    "ChannelGate.mlp.1.weight": "fc1.weight",
-    "ChannelGate.mlp.1.bias": "fc1.bias",
-    "ChannelGate.mlp.3.weight": "fc2.weight",
-    "ChannelGate.mlp.3.bias": "fc2.bias",
-    "SpatialGate.spatial.conv.weight": "spatial.weight",
-    "SpatialGate.spatial.bn.weight": "spatial_bn.weight",
-    "SpatialGate.spatial.bn.bias": "spatial_bn.bias",
-    "SpatialGate.spatial.bn.running_mean": "spatial_bn.running_mean",
-    "SpatialGate.spatial.bn.running_var": "spatial_bn.running_var",
-    "SpatialGate.spatial.bn.num_batches_tracked": "spatial_bn.num_batches_tracked",
-}
-
-
-def convert_official_cbam_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Jongchan/attention-module ``CBAM`` state_dict -> :class:`CBAM` (build it with
-    ``spatial_bn=True``, or ``spatial=False`` for ``no_spatial=True`` checkpoints)."""
-    unknown = sorted(set(state_dict) - set(_OFFICIAL_KEYS))
-    if unknown:
-        raise ValueError(f"not an official CBAM checkpoint: unexpected keys {unknown}")
-    return {_OFFICIAL_KEYS[k]: v for k, v in state_dict.items()}
+__all__ = ["CBAM"]
 
 
 @register(
@@ -65,7 +41,7 @@ def convert_official_cbam_state_dict(state_dict: Mapping[str, torch.Tensor]) -> 
         ledger=(
             "Follows the paper's eq. 1-3 by default; the official code adds a BatchNorm (eps 1e-5, momentum "
             "0.01, affine) after the 7x7 spatial convolution: spatial_bn=True reproduces it, and "
-            "convert_official_cbam_state_dict maps official checkpoints.",
+            "attnzoo.official.load('cbam', ...) converts official checkpoints.",
             "Channel-pool order is the official [max, mean] (the paper writes [avg; max]); it only fixes the "
             "layout of the spatial conv weight, chosen so official weights load unchanged.",
             "Hidden width is max(min_channels, C // r): the official MLP has 0 hidden units for C < r.",
