@@ -75,6 +75,10 @@ class Card:
         causal_only: whether the mechanism is causal only (``causal=False`` is refused), so it cannot
             mix the tokens of an image or of a bidirectional encoder.
         variable_size: whether one module accepts inputs of any size.
+        extra_inputs: keyword inputs that ``forward`` requires beyond the family contract (e.g.
+            ``region_map``), which :mod:`attnzoo.inputs` draws with the mechanism's
+            ``example_kwargs``; a backbone that feeds only the contract cannot host the mechanism
+            (:func:`attnzoo.models.build.refusal`).
         ledger: one line per deviation between attnzoo, the paper and the official code.
         tiny: constructor kwargs for a tiny instance (conformance suite, gradcheck).
         bench: constructor kwargs for the default benchmark configuration; reserved keys:
@@ -111,6 +115,7 @@ class Card:
     causal: bool = False
     causal_only: bool = False
     variable_size: bool = True
+    extra_inputs: tuple[str, ...] = ()
     ledger: tuple[str, ...] = ()
     tiny: Mapping[str, Any] = field(default_factory=dict)
     bench: Mapping[str, Any] = field(default_factory=dict)
@@ -135,7 +140,7 @@ class Card:
             raise ValueError(f"card {self.name!r}: spatial_dims must be 0, 1, 2 or 3")
         for attr in ("tiny", "bench", "sweep", "conformance"):
             object.__setattr__(self, attr, _frozen(getattr(self, attr)))
-        for attr in ("parity_fixtures", "layouts", "ledger", "aliases"):
+        for attr in ("parity_fixtures", "layouts", "ledger", "aliases", "extra_inputs"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -8,7 +8,7 @@ max pooling; ``global average pool -> linear head``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ class SmallCNN(nn.Module):
         attention_overrides: constructor kwargs replacing the card's ``bench`` values.
     """
 
+    HOSTS: ClassVar[dict[str, Any]] = {"family": "feature_map", "spatial_dims": 2}
+    """What the model hosts, as :func:`attnzoo.models.build.refusal` takes it."""
+
     def __init__(
         self,
         in_chans: int,
@@ -52,11 +55,7 @@ class SmallCNN(nn.Module):
         for i, w in enumerate(widths):
             layers: list[nn.Module] = [*_conv_bn_relu(cin, w), *_conv_bn_relu(w, w)]
             if attention is not None:
-                layers.append(
-                    build_mechanism(
-                        attention, w, family="feature_map", spatial_dims=2, overrides=attention_overrides
-                    )
-                )
+                layers.append(build_mechanism(attention, w, **self.HOSTS, overrides=attention_overrides))
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             stages.append(nn.Sequential(*layers))

@@ -11,7 +11,7 @@ the model of Zoology's MQAR experiments (``d_model`` 64, ``n_layers`` 2, identit
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -30,7 +30,9 @@ class CausalLM(nn.Module):
         vocab_size: number of token ids.
         dim: model width D (replaces the mixer card's ``dim``).
         depth: number of blocks.
-        mixer: registered name of a causal 1-D token mixer.
+        mixer: registered name of a causal 1-D token mixer; its card's configuration is fitted to
+            ``dim`` and to ``max_len`` (:mod:`attnzoo.models.build`), so a local kernel fitted to
+            ``max_len`` needs sequences that long.
         max_len: longest sequence; with ``positional=True`` it sizes the position table.
         mlp_ratio: MLP width multiple in every block; ``0`` for mixer-only blocks.
         positional: add learned absolute position embeddings.
@@ -42,6 +44,9 @@ class CausalLM(nn.Module):
             so that the initial logits are small.
         mixer_overrides: constructor kwargs replacing the mixer card's ``bench`` values.
     """
+
+    HOSTS: ClassVar[dict[str, Any]] = {"family": "token_mixer", "spatial_dims": 1, "causal": True}
+    """What the model hosts, as :func:`attnzoo.models.build.refusal` takes it."""
 
     def __init__(
         self,
@@ -83,10 +88,9 @@ class CausalLM(nn.Module):
                 else build_mechanism(
                     mixer,
                     dim,
-                    family="token_mixer",
-                    spatial_dims=1,
-                    causal=True,
+                    **self.HOSTS,
                     seq_len=max_len,
+                    size=(max_len,),
                     overrides=mixer_overrides,
                 ),
                 dim,

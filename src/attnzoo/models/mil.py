@@ -9,7 +9,7 @@ instance-level localisation can be inspected.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ class MILClassifier(nn.Module):
         pooling: registered name of a pooling mechanism.
         pooling_overrides: constructor kwargs replacing the card's ``bench`` values.
     """
+
+    HOSTS: ClassVar[dict[str, Any]] = {"family": "pooling"}
+    """What the model hosts, as :func:`attnzoo.models.build.refusal` takes it."""
 
     def __init__(
         self,
@@ -51,7 +54,7 @@ class MILClassifier(nn.Module):
             nn.Linear(32, dim),
             nn.ReLU(inplace=True),
         )
-        self.pooling = build_mechanism(pooling, dim, family="pooling", overrides=pooling_overrides)
+        self.pooling = build_mechanism(pooling, dim, **self.HOSTS, overrides=pooling_overrides)
         was_training = self.pooling.training
         self.pooling.eval()
         try:

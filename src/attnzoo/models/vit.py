@@ -10,11 +10,12 @@ many learned tokens prepended.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+import attnzoo
 from attnzoo.checks import check_tensor
 from attnzoo.models.blocks import MixerBlock
 from attnzoo.models.build import build_mechanism
@@ -32,10 +33,14 @@ class ViTTiny(nn.Module):
         num_classes: outputs.
         dim: width D (replaces the mixer card's ``dim``).
         depth: number of blocks.
-        mixer: registered name of a 1-D or 2-D token mixer (used non-causally).
+        mixer: registered name of a 1-D or 2-D token mixer (used non-causally); its card's
+            configuration is fitted to ``dim`` and to the patch grid (:mod:`attnzoo.models.build`).
         mlp_ratio: MLP width multiple in every block.
         mixer_overrides: constructor kwargs replacing the mixer card's ``bench`` values.
     """
+
+    HOSTS: ClassVar[dict[str, Any]] = {"family": "token_mixer", "spatial_dims": (1, 2), "causal": False}
+    """What the model hosts, as :func:`attnzoo.models.build.refusal` takes it."""
 
     def __init__(
         self,
@@ -60,15 +65,15 @@ class ViTTiny(nn.Module):
         self.in_chans = in_chans
         self.image_size = (h, w)
         n = self.grid[0] * self.grid[1]
+        two_d = attnzoo.card(mixer).spatial_dims == 2
         self.patch = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
         mixers = [
             build_mechanism(
                 mixer,
                 dim,
-                family="token_mixer",
-                spatial_dims=(1, 2),
-                causal=False,
+                **self.HOSTS,
                 seq_len=n,
+                size=self.grid if two_d else (n,),
                 overrides=mixer_overrides,
             )
             for _ in range(depth)

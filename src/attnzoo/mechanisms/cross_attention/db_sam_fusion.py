@@ -247,6 +247,17 @@ class _Fusion(nn.Module):
                 "centre, a kink of bilinear sampling: float32 rounding picks the other one-sided gradient "
                 "of the sampling offsets than float64 (outputs still agree)",
             },
+            "zero_grad_ok": {
+                f"{branch}.query_norm": "the official initialisation zeroes the weights of sampling_offsets "
+                "and attention_weights, the only layers that read the normalised query, so query_norm gets "
+                "no gradient at init"
+                for branch in ("vit_cross", "conv_cross")
+            },
+            "gradcheck_perturb": {
+                f"{branch}.attn.sampling_offsets": "the official initialisation puts every sampling point "
+                "on a pixel centre, where bilinear sampling has a kink in the sampling location"
+                for branch in ("vit_cross", "conv_cross")
+            },
         },
     )
 )

@@ -54,6 +54,13 @@ __all__ = ["PositionAttention"]
         tiny={"channels": 16, "gamma_init": 0.5},
         sweep={"channels": (8, 16), "reduction": (2, 8), "size": (1, 8)},
         bench={"channels": 64},
+        conformance={
+            "zero_grad_ok": {
+                conv: "with gamma_init=0 (the official default, the bench configuration) the attention "
+                "branch is scaled by gamma = 0, so its convolutions get no gradient until gamma moves"
+                for conv in ("query_conv", "key_conv", "value_conv")
+            }
+        },
     )
 )
 class PositionAttention(FeatureMapAttention):

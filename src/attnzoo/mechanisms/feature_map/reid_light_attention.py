@@ -61,7 +61,7 @@ __all__ = ["ReIDLightAttention", "attach_after_stages", "backbone_cost"]
             "non-local stages); the paper's searched placement rules are unknown.",
             "Key/value pooling uses ceil mode, so odd feature-map sizes keep their last row/column.",
         ),
-        tiny={"channels": 8, "reduction": 2, "pool": 2},
+        tiny={"channels": 8, "reduction": 2, "pool": 2, "zero_init": False},
         bench={
             "channels": 1024,
             "reduction": 16,
@@ -70,6 +70,13 @@ __all__ = ["ReIDLightAttention", "attach_after_stages", "backbone_cost"]
             "variants": {"light": {}, "non_local": {"reduction": 2, "pool": 1, "scaled": False}},
         },
         sweep={"reduction": (1, 2, 4), "pool": (1, 2, 3), "scaled": (True, False), "size": (1, 8)},
+        conformance={
+            "zero_grad_ok": {
+                conv: "with zero_init=True (the default, the bench configuration) the output BatchNorm's "
+                "scale starts at 0, so the convolutions before it get no gradient until it moves"
+                for conv in ("q", "kv", "out")
+            }
+        },
     )
 )
 class ReIDLightAttention(FeatureMapAttention):

@@ -50,6 +50,7 @@ __all__ = ["SelectiveDenseAttention"]
         memory_complexity="O(L C H W)",
         layouts=("BCHW",),
         spatial_dims=2,
+        extra_inputs=("levels",),
         ledger=(
             "Official code exists (mmdet/models/detectors/cascade_rcnn.py: channel_attention, "
             "spatial_attention, selective_attention) but no parity fixture does: verified against "
@@ -65,7 +66,7 @@ __all__ = ["SelectiveDenseAttention"]
             "The L per-level 1x1 convs (channel) and 7x7 convs (spatial) are stored as one Linear(d, L*C) "
             "and one Conv2d(2, L, k).",
         ),
-        tiny={"channels": 16, "num_levels": 3, "refine_level": 1, "hidden": 8},
+        tiny={"channels": 16, "num_levels": 3, "refine_level": 1, "hidden": 8, "context_ratio": 0.25},
         sweep={"num_levels": (2, 3), "refine_level": (0, 1), "size": (4, 9)},
         bench={"channels": 256, "num_levels": 5, "refine_level": 2, "hidden": 128},
         conformance={

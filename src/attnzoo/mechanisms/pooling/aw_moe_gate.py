@@ -42,6 +42,7 @@ __all__ = ["AWMoEGate"]
         memory_complexity="O(N (H_g + H_a + K))",
         layouts=("BNC",),
         spatial_dims=1,
+        extra_inputs=("query",),
         ledger=(
             "No official code is public; attnzoo follows the paper's gate network (gate unit + "
             "activation unit, attention-weighted sum of per-behaviour expert vectors, softmax over "

@@ -60,6 +60,7 @@ def check_region_map(region_map: object, batch: int, size: tuple[int, int]) -> t
         memory_complexity="O(N C) (no N x N tensor; O(h N^2) when capturing weights)",
         layouts=("BNC",),
         spatial_dims=2,
+        extra_inputs=("region_map",),
         ledger=(
             "Layout: attnzoo takes x (B, H*W, C), size=(H, W) and region_map (B, H, W) integer "
             "labels; the official RegionAttention takes x (B, C, H, W) and a dense additive mask "
