@@ -60,3 +60,19 @@ def test_analyze_writes_report_and_plots(tmp_path: Path) -> None:
     assert "Layer 5" in report and "[CLS]" in report and "Clark et al." in report
     for png in ("sink_bars.png", "sink_heads_sep.png", "sink_heads_cls.png", "heads_layer2.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_analyze_without_out_writes_a_new_run_folder_with_its_command(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_analyze_parser(parser.add_subparsers(dest="command", required=True))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("The cat sat on the mat.\n")
+    runs = tmp_path / "runs"
+    for _ in range(2):
+        args = parser.parse_args(["analyze", "--runs", str(runs), "--texts", str(texts)])
+        assert args.func(args) == 0
+    folders = sorted(runs.iterdir())
+    assert len(folders) == 2
+    report = (folders[0] / "report.md").read_text()
+    command = f"attnzoo analyze --model minilm --attn-implementation attnzoo_mhsa --texts {texts}"
+    assert f"Produced by `{command}`" in report

@@ -179,11 +179,13 @@ def write_sink_report(
     model: nn.Module | None = None,
     tokenizer: Any = None,
     heatmap_layer: int | None = None,
+    command: str | None = None,
 ) -> Path:
     """Write ``report.md`` and the PNG plots to ``out``; returns the Markdown path.
 
     With ``model`` and ``tokenizer``, also draws the per-head attention heatmaps of the first text
-    in ``heatmap_layer`` (default: the middle layer).
+    in ``heatmap_layer`` (default: the middle layer). ``command``, when given, is stated as the
+    command that produced the report.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,6 +243,7 @@ def write_sink_report(
     md = [
         f"# Attention sinks in {report.model_name}",
         "",
+        *([f"Produced by `{command}` (deterministic: no training, no sampling).", ""] if command else []),
         f"{len(report.texts)} texts, padding excluded; shares are the mean over real queries, heads "
         "and texts.",
         f"Metric: `sink_mass` — {card.definition} ({card.paper}, arXiv {card.arxiv}).",
