@@ -131,7 +131,9 @@ def test_analyze_runs_through_attnzoo_mhsa_with_the_eager_report(tmp_path: Path)
             ["analyze", "--out", str(tmp_path / str(len(extra))), "--texts", str(texts), *extra]
         )
         assert args.func(args) == 0
-        reports[args.attn_implementation] = (tmp_path / str(len(extra)) / "report.md").read_text()
+        lines = (tmp_path / str(len(extra)) / "report.md").read_text().splitlines()
+        assert f"--attn-implementation {args.attn_implementation}" in lines[2]  # "Produced by `...`"
+        reports[args.attn_implementation] = "\n".join(lines[:2] + lines[3:])
     assert set(reports) == {"attnzoo_mhsa", "eager"}
     assert reports["attnzoo_mhsa"] == reports["eager"] and "Layer 5" in reports["eager"]
 
