@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint readme clean
+.PHONY: install demo test test-fast lint readme docs clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,16 @@ test-fast: install
 	$(PY) -m pytest -n 2 -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests docs
 
 readme: install
 	$(VENV)/bin/attnzoo readme
+
+# The documentation site: pages generated from the registry into build/docs-src, then MkDocs in strict
+# mode (mkdocs.yml), so a broken link or anchor or a page missing from the navigation fails; build/site.
+docs: install
+	$(PY) -m attnzoo.docsite --out build/docs-src
+	$(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -18,6 +18,7 @@ from attnzoo.docs import constructor_arguments
 from attnzoo.registry import FAMILIES
 from attnzoo.runs import new_run_dir
 from attnzoo.tasks.cli import add_eval_parser
+from attnzoo.tasks.jobs import JobFailedError, add_backend_args, backend_from_args
 
 __all__ = ["main"]
 
@@ -94,6 +95,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from attnzoo.bench.runner import PRESETS, run_benchmarks
 
     against = _load_against(args.against) if args.against else None
+    try:
+        backend = backend_from_args(args)
+    except (ValueError, TypeError, ModuleNotFoundError) as exc:
+        raise SystemExit(f"attnzoo {args.command}: {exc}") from exc
+    if backend is not None and (args.suite == "linear" or args.from_json):
+        what = "--from re-renders without measuring" if args.from_json else (
+            "the linear suite is one comparison timed in one process, interleaved"
+        )
+        raise SystemExit(f"attnzoo {args.command}: --backend ray has nothing to distribute: {what}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.suite == "linear":
@@ -117,7 +127,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.equal_width:
             overrides["equal_width"] = True
         config = dataclasses.replace(config, **overrides)
-        doc = run_benchmarks(_select(args), config, progress=not args.no_progress)
+        try:
+            doc = run_benchmarks(_select(args), config, progress=not args.no_progress, backend=backend)
+        except JobFailedError as exc:
+            raise SystemExit(f"attnzoo {args.command}: {exc}") from exc
         (out / "bench.json").write_text(json.dumps(doc, indent=1))
     plots = write_plots(doc, out)
     report = write_report(doc, out, plots)
@@ -224,6 +237,7 @@ def _add_bench_args(p: argparse.ArgumentParser, default_out: str) -> None:
         help="mechanisms (default: every registered mechanism) or linear (chunked vs naive linear-attention "
         "kernels and their scaling; --full for N up to 32K)",
     )
+    add_backend_args(p)
     p.set_defaults(func=_cmd_bench)
 
 

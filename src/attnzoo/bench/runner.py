@@ -5,6 +5,14 @@ thread pool or compiled kernel leaks from one mechanism into another. A worker s
 result row per size; a worker that exceeds its time limit is killed and its missing sizes are
 recorded as ``timeout``; one that dies or runs out of memory is recorded as ``oom``/``error``;
 the run itself always completes.
+
+With a backend (``attnzoo bench --backend ray``), the unit that is distributed is a whole family:
+the mechanisms of a family are compared with each other (one report panel each), so they are
+measured one after another by one job on one node, exactly as a local run measures them; a
+family's comparison is never split across processes or nodes. Families are independent, so they
+run at the same time on different nodes (or on one node that has the CPUs for both: reserve a
+node's CPUs per job with ``--ray-cpus`` when families must not share a machine). Each family
+records the machine that measured it (``meta["backend"]["groups"]``).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -26,6 +34,9 @@ from tqdm import tqdm
 import attnzoo
 from attnzoo.bench.measure import MemoryProbe, at_equal_width, bench_variants, measure_size
 from attnzoo.registry import Card, mechanism_class, register
+
+if TYPE_CHECKING:
+    from attnzoo.tasks.jobs import Backend
 
 __all__ = ["PRESETS", "BenchConfig", "machine_metadata", "run_benchmarks", "sizes_for"]
 
@@ -256,8 +267,14 @@ def _bench_one(
     return result
 
 
-def run_benchmarks(names: list[str], config: BenchConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Benchmark ``names`` with ``config``; returns the JSON-ready result document."""
+def run_benchmarks(
+    names: list[str], config: BenchConfig, *, progress: bool = True, backend: Backend | None = None
+) -> dict[str, Any]:
+    """Benchmark ``names`` with ``config``; returns the JSON-ready result document. With a
+    ``backend``, each family of ``names`` is one job on it (see the module docstring); results keep
+    the order of ``names`` either way."""
+    if backend is not None:
+        return _run_families(names, config, progress, backend)
     jobs = [(name, label, kwargs) for name in names for label, kwargs in bench_variants(name).items()]
     ctx = _context()
     results = []
@@ -266,3 +283,41 @@ def run_benchmarks(names: list[str], config: BenchConfig, *, progress: bool = Tr
         bar.set_postfix_str(f"{name}[{label}]" if label else name)
         results.append(_bench_one(name, label, kwargs, config, ctx))
     return {"meta": {**machine_metadata(config.threads), "config": asdict(config)}, "results": results}
+
+
+def _bench_family(names: list[str], config: BenchConfig) -> dict[str, Any]:
+    """One family's benchmark in a backend's worker, with the name of the machine that ran it."""
+    doc = run_benchmarks(names, config, progress=False)
+    doc["meta"]["host"] = platform.node()
+    return doc
+
+
+def _run_families(names: list[str], config: BenchConfig, progress: bool, backend: Backend) -> dict[str, Any]:
+    from attnzoo.tasks.jobs import JobFailedError  # not at import: bench workers import this module
+
+    families: dict[str, list[str]] = {}
+    for name in names:
+        families.setdefault(attnzoo.card(name).family, []).append(name)
+    groups = list(families.values())
+    docs: dict[int, dict[str, Any]] = {}
+    with tqdm(total=len(groups), desc="bench", unit="family", disable=not progress, file=sys.stderr) as bar:
+
+        def landed(index: int, doc: dict[str, Any]) -> None:
+            docs[index] = doc
+            bar.update(1)
+
+        try:
+            backend.run(_bench_family, [(g, config) for g in groups], cpus=config.threads, on_result=landed)
+        except JobFailedError as exc:
+            named = list(families)
+            failed = "; ".join(f"{named[i]} ({', '.join(groups[i])}): {e}" for i, e in exc.errors.items())
+            raise JobFailedError(f"{len(exc.errors)} family job(s) failed: {failed}", exc.errors) from exc
+    order = {name: i for i, name in enumerate(names)}
+    measured = [r for i in sorted(docs) for r in docs[i]["results"]]
+    results = sorted(measured, key=lambda r: order[r["mechanism"]])  # stable: variants keep their order
+    machines = [
+        {"family": family, "mechanisms": group, **{k: v for k, v in docs[i]["meta"].items() if k != "config"}}
+        for i, (family, group) in enumerate(families.items())
+    ]
+    meta = {**machine_metadata(config.threads), "config": asdict(config)}
+    return {"meta": {**meta, "backend": {"name": backend.name, "groups": machines}}, "results": results}

@@ -12,11 +12,17 @@ Examples::
     attnzoo eval --from reports/eval/mqar/results.json --bench reports/bench/bench.json  # re-render
     attnzoo eval mqar --seeds 0,1,2 --out reports/eval/mqar         # replace the committed report
     attnzoo eval mqar --seeds 0,1,2 --resume reports/eval/runs/mqar/20261207-061500  # after a kill
+    attnzoo eval mqar --seeds 0,1,2 --jobs 2 --backend ray --ray-address auto       # on a Ray cluster
 
 Results go to a new folder under ``--runs`` (default ``reports/eval/runs/<task>/<UTC time>``) unless
 ``--out`` names one: the committed reports change only when asked. Every finished run is journaled
 (``runs.jsonl`` in the output folder) as it lands; ``--resume FOLDER`` continues an interrupted eval
 there, training only what it had not finished. The journal is removed once the report is written.
+
+``--backend ray`` trains the same runs as Ray tasks (a local Ray instance, or the cluster that
+``--ray-address`` names), each with the threads ``--jobs`` gives and that many CPUs reserved
+(``--ray-cpus``), re-running a run whose worker raised or died (``--ray-retries``); the results
+are those of the local pool for a seed, journaled the same way, so ``--resume`` works on both.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 import attnzoo
 from attnzoo.runs import new_run_dir, replace_outputs
 from attnzoo.tasks.catalog import TASKS, get_task
-from attnzoo.tasks.jobs import JOURNAL
+from attnzoo.tasks.jobs import JOURNAL, JobFailedError, add_backend_args, backend_from_args
 from attnzoo.tasks.report import PRODUCED, markdown_table, write_results
 from attnzoo.tasks.runner import run_eval
 
@@ -91,6 +97,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if model is not None and not isinstance(model, dict):
             raise ValueError("--model-kwargs must be a JSON object")
         bench = json.loads(Path(args.bench).read_text()) if args.bench else None
+        backend = backend_from_args(args)
         out = _output_folder(args, spec.name)
         doc = run_eval(
             spec.name,
@@ -107,8 +114,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             latency=args.latency,
             journal=out / JOURNAL,
+            backend=backend,
         )
-    except (KeyError, ValueError, OSError) as exc:
+    except JobFailedError as exc:
+        print(f"attnzoo eval: {exc}\nthe finished runs are journaled: --resume {out} runs the rest")
+        return 1
+    except (KeyError, ValueError, OSError, ModuleNotFoundError) as exc:
         if fresh and out is not None and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         print(f"attnzoo eval: {exc}")
@@ -233,5 +244,6 @@ def add_eval_parser(subparsers: Any) -> None:
         help="parent of the new run folders, one sub-folder per task (default: %(default)s)",
     )
     p.add_argument("--resume", metavar="FOLDER", help="continue the interrupted eval whose folder this is")
+    add_backend_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)

@@ -1,14 +1,18 @@
 """The runs of one ``attnzoo eval``, their journal, and how they are executed.
 
-A *job* is one training run: (mechanism, seed, learning rate). Jobs run in this process or in a
-pool of worker processes; each finished run is appended to the eval's journal (``runs.jsonl``, one
-JSON object per line, flushed as it lands), so an interrupted eval resumes from what it finished:
-the journal's first line records the configuration that decides the numbers, and a resume with a
-different configuration is refused instead of mixing two experiments.
+A *job* is one training run: (mechanism, seed, learning rate). Jobs run in this process or on a
+:class:`Backend`: the :class:`LocalPool` of worker processes (the default) or a Ray cluster
+(:class:`attnzoo.distributed.ray_backend.RayBackend`, ``--backend ray``). Every backend runs the
+same job function and hands each result back to this process, which appends it to the eval's
+journal (``runs.jsonl``, one JSON object per line, flushed as it lands), so an interrupted eval
+resumes from what it finished, whichever backend ran it: the journal's first line records the
+configuration that decides the numbers, and a resume with a different configuration is refused
+instead of mixing two experiments.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
 import os
@@ -17,14 +21,26 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from tqdm import tqdm
 
 from attnzoo.tasks.catalog import Budget, Preset, get_task
 
-__all__ = ["JOURNAL", "Job", "Journal", "JournalMismatchError", "execute"]
+__all__ = [
+    "BACKENDS",
+    "JOURNAL",
+    "Backend",
+    "Job",
+    "JobFailedError",
+    "Journal",
+    "JournalMismatchError",
+    "LocalPool",
+    "add_backend_args",
+    "backend_from_args",
+    "execute",
+]
 
 JOURNAL = "runs.jsonl"
 """File name of the journal inside a run folder."""
@@ -32,6 +48,18 @@ JOURNAL = "runs.jsonl"
 
 class JournalMismatchError(ValueError):
     """``--resume`` named a journal written by a different configuration."""
+
+
+class JobFailedError(RuntimeError):
+    """Jobs failed on a backend after its retries; the other jobs finished (and were journaled).
+
+    Attributes:
+        errors: ``{index into the backend's calls: what went wrong}``.
+    """
+
+    def __init__(self, message: str, errors: Mapping[int, str]) -> None:
+        super().__init__(message)
+        self.errors = dict(errors)
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,102 @@ def _pool_context() -> mp.context.BaseContext:
     return mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
 
 
+R = TypeVar("R")
+
+
+class Backend(Protocol):
+    """Where independent jobs run. ``run`` calls ``fn(*args)`` once for every ``args`` in ``calls``,
+    each in a worker process with ``cpus`` CPUs for it (``fn`` sets its own thread count), and calls
+    ``on_result(index, value)`` in this process as each job lands (in any order). ``fn`` must be a
+    module-level function and ``args`` picklable. A job that fails raises from ``run``."""
+
+    name: str
+
+    def run(
+        self,
+        fn: Callable[..., R],
+        calls: Sequence[tuple[Any, ...]],
+        *,
+        cpus: int,
+        on_result: Callable[[int, R], None],
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalPool:
+    """The default backend: ``workers`` processes on this machine (fork server on Linux, spawn
+    elsewhere). A job's threads are set by its function, so ``cpus`` is not used; the first job
+    that raises stops the run with its exception."""
+
+    workers: int
+    name: str = "local"
+
+    def run(
+        self,
+        fn: Callable[..., R],
+        calls: Sequence[tuple[Any, ...]],
+        *,
+        cpus: int,
+        on_result: Callable[[int, R], None],
+    ) -> None:
+        """See :class:`Backend`."""
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context()) as pool:
+            futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+            for future in as_completed(futures):
+                on_result(futures[future], future.result())
+
+
+BACKENDS = ("local", "ray")
+"""Values of ``--backend``."""
+
+
+def add_backend_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--backend`` and the Ray options (``--ray-address``, ``--ray-retries``, ``--ray-cpus``)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="where jobs run: local (this machine, default) or ray (a Ray cluster; needs the "
+        "distributed extra)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster to join ('auto': the one `ray start` runs here; ray://host:port: Ray "
+        "Client); default: start a local Ray instance for this command",
+    )
+    parser.add_argument(
+        "--ray-retries",
+        type=int,
+        metavar="N",
+        help="times Ray re-runs a job whose worker raised or died (default: 2)",
+    )
+    parser.add_argument(
+        "--ray-cpus",
+        type=int,
+        metavar="N",
+        help="CPUs Ray reserves for each job (default: the job's threads); a node's CPU count runs "
+        "one job per node",
+    )
+
+
+def backend_from_args(args: argparse.Namespace) -> Backend | None:
+    """The backend that :func:`add_backend_args`'s options name: ``None`` for ``--backend local``
+    (the command's own local execution), a :class:`~attnzoo.distributed.ray_backend.RayBackend`
+    for ``ray`` (``ModuleNotFoundError`` naming the ``distributed`` extra when Ray is missing).
+    Ray options given with ``--backend local`` are refused, not ignored."""
+    options = {"address": args.ray_address, "retries": args.ray_retries, "cpus": args.ray_cpus}
+    given = {k: v for k, v in options.items() if v is not None}
+    if args.backend == "local":
+        if given:
+            flags = ", ".join(f"--ray-{k}" for k in given)
+            raise ValueError(f"{flags}: Ray options, given without --backend ray")
+        return None
+    from attnzoo.distributed.ray_backend import RayBackend
+
+    return RayBackend(**given)
+
+
 Train = Callable[..., dict[str, Any]]
 """``train(data, preset, mechanism, *, seed, budget, overrides, progress) -> run`` (``train_one``)."""
 
@@ -127,10 +251,14 @@ def execute(
     threads: int,
     journal: Journal | None = None,
     progress: bool = True,
+    backend: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``jobs`` with ``train`` (skipping those already in ``journal``) and return their results
-    in job order; ``workers == 1`` trains in this process, more workers each train in their own
-    process with ``threads`` threads (``train`` must then be a module-level function)."""
+    in job order. Without ``backend``, ``workers == 1`` trains in this process and more workers
+    each train in their own process (:class:`LocalPool`) with ``threads`` threads; a ``backend``
+    runs every job in its workers with ``threads`` threads and ``threads`` CPUs. Off this process,
+    ``train`` must be a module-level function. Results are journaled here as they land; jobs that
+    fail on the backend raise :class:`JobFailedError` naming them, after the rest finished."""
     done = journal.runs if journal is not None else {}
     todo = [job for job in jobs if job.key not in done]
     results: dict[str, dict[str, Any]] = {job.key: done[job.key] for job in jobs if job.key in done}
@@ -140,19 +268,26 @@ def execute(
         if journal is not None:
             journal.record(run)
 
-    if workers == 1:
+    if backend is None and workers == 1:
         data_by_seed: dict[int, Any] = {}
         for job in todo:
             if job.seed not in data_by_seed:
                 data_by_seed = {job.seed: get_task(task).generate(preset_name, seed=job.seed)}
             finish(job, _train(train, data_by_seed[job.seed], preset, job, progress))
     elif todo:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-            futures = {
-                pool.submit(_train_in_worker, train, task, preset_name, preset, job, threads): job
-                for job in todo
-            }
-            bar = tqdm(as_completed(futures), total=len(futures), desc=f"{task}: runs", disable=not progress)
-            for future in bar:
-                finish(futures[future], future.result())
+        calls = [(train, task, preset_name, preset, job, threads) for job in todo]
+        with tqdm(total=len(todo), desc=f"{task}: runs", disable=not progress) as bar:
+
+            def landed(index: int, run: dict[str, Any]) -> None:
+                finish(todo[index], run)
+                bar.update(1)
+
+            try:
+                (backend or LocalPool(workers)).run(_train_in_worker, calls, cpus=threads, on_result=landed)
+            except JobFailedError as exc:
+                failed = "; ".join(
+                    f"{todo[i].mechanism} (seed {todo[i].seed}, lr {todo[i].budget.lr:g}): {error}"
+                    for i, error in sorted(exc.errors.items())
+                )
+                raise JobFailedError(f"{len(exc.errors)} run(s) failed: {failed}", exc.errors) from exc
     return [results[job.key] for job in jobs]

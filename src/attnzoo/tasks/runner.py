@@ -27,7 +27,7 @@ from attnzoo.bench.measure import time_call
 from attnzoo.models import CausalLM, MILClassifier, SmallCNN, ViTTiny
 from attnzoo.tasks.catalog import Budget, Preset, check_lrs, get_task
 from attnzoo.tasks.data import IGNORE, Split, TaskData
-from attnzoo.tasks.jobs import Job, Journal, execute
+from attnzoo.tasks.jobs import Backend, Job, Journal, execute
 
 __all__ = ["MODEL_KEYS", "build_model", "evaluate", "model_latency", "run_eval", "train_one"]
 
@@ -278,6 +278,7 @@ def run_eval(
     jobs: int = 1,
     latency: bool = False,
     journal: str | Path | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``mechanisms`` on ``task`` and return the result document.
 
@@ -303,6 +304,10 @@ def run_eval(
         journal: a ``runs.jsonl`` file (:class:`attnzoo.tasks.jobs.Journal`): every finished run is
             appended to it, and runs it already holds are not trained again (resume); it must have
             been started by the same configuration (task, preset, backbone, budget, threads).
+        backend: where the runs train (:class:`attnzoo.tasks.jobs.Backend`, e.g.
+            :class:`attnzoo.distributed.ray_backend.RayBackend`), each with the threads ``jobs``
+            gives; a run's result is the same on every backend. ``None``: this machine, as ``jobs``
+            says. Recorded in ``meta``.
 
     Returns:
         ``{"meta": {...}, "task": {...}, "runs": [result, ...]}`` where ``meta`` records the
@@ -366,6 +371,7 @@ def run_eval(
         threads=threads,
         journal=Journal(journal, config) if journal is not None else None,
         progress=progress,
+        backend=backend,
     )
     data_cfg = data.config if data is not None else {}
     meta_cfg = data.meta if data is not None else {}
@@ -377,6 +383,7 @@ def run_eval(
             "machine": platform.machine(),
             "threads": threads,
             "jobs": jobs,
+            "backend": "local" if backend is None else backend.name,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
         "task": {
