@@ -107,6 +107,11 @@ def _card_table(card: attnzoo.Card) -> str:
         ("causal variant", "causal only" if card.causal_only else "yes" if card.causal else "no"),
         ("any input size", "yes" if card.variable_size else "no (built for one size)"),
         ("extra forward inputs", ", ".join(f"`{k}`" for k in card.extra_inputs) or "none"),
+        *(
+            [("`key_padding_mask`", inline(families.key_padding_support(card), cell=True))]
+            if card.family == "token_mixer"
+            else []
+        ),
         ("tiny configuration", ", ".join(f"`{k}={_literal(v)}`" for k, v in card.tiny.items()) or "–"),
     ]
     lines = ["| card | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]

@@ -9,7 +9,9 @@ family             contract
 =================  =====================================================================
 token_mixer        ``forward(x: (B, N, C), *, size=None) -> (B, N, C)``; 2-D mixers need
                    ``size=(H, W)`` with ``H*W == N``; sequence mixers take ``causal`` at
-                   construction.
+                   construction, and those whose card declares ``key_padding`` a keyword
+                   ``key_padding_mask (B, N)`` (bool, True = keep): a padded batch gives each
+                   sequence exactly its unpadded result, and padded positions zero outputs.
 cross_attention    ``forward(x: (B, N, C), context: (B, M, C_ctx), *, mask=None, size=None)
                    -> (B, N, C)``: queries ``x`` read from ``context``; ``mask (B, M)`` is a
                    key-padding mask, True = attend.
@@ -59,6 +61,7 @@ __all__ = [
     "PoolOutput",
     "Pooling",
     "TokenMixer",
+    "key_padding_support",
 ]
 
 
@@ -178,20 +181,91 @@ class Mechanism(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement compute()")
 
 
+_PADDING_RULES = {
+    "edges": "keep one contiguous run of tokens per row (padding on the left and/or right)",
+    "right": "keep the first tokens of each row (right padding only)",
+}
+
+
+def _padding_refusal(card: Any) -> str | None:
+    """Why ``card``'s mechanism refuses a ``key_padding_mask``, or ``None`` when it honours one."""
+    if card.key_padding != "none":
+        return None
+    if card.key_padding_note:
+        return card.key_padding_note
+    if card.spatial_dims != 1:
+        return f"a {card.spatial_dims}-D mixer mixes a spatial grid, which has no padded sequence positions"
+    return "its card declares no key-padding support (Card.key_padding='none')"
+
+
+def key_padding_support(card: Any) -> str:
+    """One line saying which ``key_padding_mask`` a token mixer's card honours (or why it refuses)."""
+    if card.key_padding == "any":
+        return "any pattern (the kept tokens act as one sequence)"
+    rule = _PADDING_RULES.get(card.key_padding)
+    if rule is not None:
+        return f"masks that {rule}" + (f": {card.key_padding_note}" if card.key_padding_note else "")
+    return f"refused: {_padding_refusal(card)}"
+
+
+def _check_key_padding_mask(module: TokenMixer, mask: object, x: torch.Tensor) -> torch.Tensor:
+    """Validate ``key_padding_mask`` against ``x (B, N, C)`` and ``module``'s card; return it."""
+    name = "key_padding_mask"
+    refusal = _padding_refusal(module.card)
+    if refusal is not None:
+        raise ValueError(f"{name} cannot be honoured by {module.card.name!r}: {refusal}")
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a bool torch.Tensor (True = keep), got {type(mask).__name__}")
+    _check_mask(mask, x.shape[0], x.shape[1], name)
+    if mask.device != x.device:
+        raise ValueError(f"{name} is on {mask.device} but x is on {x.device}")
+    if tracing():
+        return mask
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError(f"{name} leaves a sequence with no token: every row needs at least one True")
+    support = module.card.key_padding
+    if support in _PADDING_RULES:
+        runs = (mask.to(torch.int8).diff(dim=1) > 0).sum(dim=1) + mask[:, 0]  # kept runs per row
+        bad = runs > 1
+        if support == "right":
+            bad = bad | ~mask[:, 0]
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            raise ValueError(
+                f"{name}: {module.card.name!r} needs masks that {_PADDING_RULES[support]}; rows {rows} do not"
+            )
+    return mask
+
+
 class TokenMixer(Mechanism):
     """``(B, N, C) -> (B, N, C)``. Subclasses set ``self.dim`` and implement
     ``compute(x, size)`` where ``size`` is the validated spatial size (``(N,)`` for sequences).
 
     A mixer whose sequence starts with ``num_prefix_tokens`` extra tokens (e.g. a class token)
     checks ``N == num_prefix_tokens + H*W``. Mechanism-specific keyword inputs (e.g. a region map)
-    are passed through to ``compute(x, size, **extra)``, which validates them."""
+    are passed through to ``compute(x, size, **extra)``, which validates them.
+
+    ``key_padding_mask (B, N)`` (bool, True = keep) runs a padded batch of sequences: padded keys
+    are invisible, and each sequence's kept outputs equal running it alone without padding.
+    Padded tokens of ``x`` are zeroed before ``compute`` (so whatever they hold, NaN included, has
+    no effect, nor gradient) and their outputs are zeros. A mechanism whose card declares ``key_padding``
+    other than ``"none"`` receives the validated mask as ``compute(x, size,
+    key_padding_mask=mask)``; the others refuse it with the reason of ``card.key_padding_note``.
+    Without a mask nothing changes: ``compute`` is called exactly as before."""
 
     dim: int
     causal: bool = False
     num_prefix_tokens: int = 0
 
-    def forward(self, x: torch.Tensor, *, size: tuple[int, ...] | None = None, **extra: Any) -> torch.Tensor:
-        check_tensor(x, "x", ndim=3)
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        size: tuple[int, ...] | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        **extra: Any,
+    ) -> torch.Tensor:
+        check_tensor(x, "x", ndim=3, finite=key_padding_mask is None)
         _check_channels(x, 2, self.dim, "x", "dim")
         _check_dtype(self, x=x)
         nd = self.spatial_dims
@@ -204,8 +278,14 @@ class TokenMixer(Mechanism):
             size = check_size(size, n, spatial_dims=1)
         else:
             size = (n,)
+        if key_padding_mask is None:
+            with module_scope(self):
+                return _flag_nonfinite(self, self.compute(x, size, **extra))
+        keep = _check_key_padding_mask(self, key_padding_mask, x)[..., None]
+        x = check_tensor(x.masked_fill(~keep, 0), "x")  # padded tokens may hold anything, even NaN
         with module_scope(self):
-            return _flag_nonfinite(self, self.compute(x, size, **extra))
+            out = self.compute(x, size, key_padding_mask=key_padding_mask, **extra)
+            return _flag_nonfinite(self, out.masked_fill(~keep, 0))
 
 
 class CrossAttention(Mechanism):

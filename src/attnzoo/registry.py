@@ -32,6 +32,7 @@ from torch import nn
 
 __all__ = [
     "FAMILIES",
+    "KEY_PADDING",
     "PARITY_STATUSES",
     "Card",
     "UnknownMechanismError",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 FAMILIES: tuple[str, ...] = ("token_mixer", "cross_attention", "feature_map", "gate", "pooling")
+KEY_PADDING: tuple[str, ...] = ("any", "edges", "right", "none")
 PARITY_STATUSES: tuple[str, ...] = ("official", "oracle", "equations")
 
 ParityStatus = Literal["official", "oracle", "equations"]
@@ -79,6 +81,13 @@ class Card:
             ``region_map``), which :mod:`attnzoo.inputs` draws with the mechanism's
             ``example_kwargs``; a backbone that feeds only the contract cannot host the mechanism
             (:func:`attnzoo.models.build.refusal`).
+        key_padding: which ``key_padding_mask (B, N)`` (True = keep) a 1-D token mixer honours, each
+            kept run of tokens getting exactly its unpadded result: ``"any"`` (any pattern: the kept
+            tokens, gathered, as one sequence), ``"edges"`` (one contiguous kept run per row: padding
+            on the left and/or right), ``"right"`` (kept tokens first: right padding only, for
+            mechanisms whose pattern is fixed to absolute positions) or ``"none"`` (refused).
+        key_padding_note: why a ``"none"`` mechanism refuses masks (or what narrows its support); the
+            refusal's error message quotes it.
         ledger: one line per deviation between attnzoo, the paper and the official code.
         tiny: constructor kwargs for a tiny instance (conformance suite, gradcheck).
         bench: constructor kwargs for the default benchmark configuration; reserved keys:
@@ -86,7 +95,9 @@ class Card:
             (``{label: overrides}``, each benchmarked as ``name[label]``, e.g. dense vs sparse) and,
             for cross-attention, ``queries`` (query tokens; the sweep grows the context), and
             ``equal_width`` (overrides that make the card fit the family's shared width and head
-            count in an equal-width benchmark, e.g. MoH's shared/routed head split of 4 heads).
+            count in an equal-width benchmark, e.g. MoH's shared/routed head split of 4 heads), and
+            ``cost_model`` (``"module:function"`` of a cost model the benchmark report prints beside
+            each measured size, :func:`attnzoo.bench.measure.cost_model`).
         sweep: ranges of the random sweep (``tests/test_sweep.py``): constructor keyword -> tuple of
             choices, drawn independently on top of ``tiny`` (so every combination must build); reserved
             keys ``size`` (``(lo, hi)`` sizes of every spatial axis, or a list of explicit sizes),
@@ -116,6 +127,8 @@ class Card:
     causal_only: bool = False
     variable_size: bool = True
     extra_inputs: tuple[str, ...] = ()
+    key_padding: str = "none"
+    key_padding_note: str = ""
     ledger: tuple[str, ...] = ()
     tiny: Mapping[str, Any] = field(default_factory=dict)
     bench: Mapping[str, Any] = field(default_factory=dict)
@@ -138,6 +151,10 @@ class Card:
             raise ValueError(f"card {self.name!r}: causal_only=True needs causal=True")
         if self.spatial_dims not in (0, 1, 2, 3):
             raise ValueError(f"card {self.name!r}: spatial_dims must be 0, 1, 2 or 3")
+        if self.key_padding not in KEY_PADDING:
+            raise ValueError(f"card {self.name!r}: key_padding must be one of {KEY_PADDING}")
+        if self.key_padding != "none" and (self.family != "token_mixer" or self.spatial_dims != 1):
+            raise ValueError(f"card {self.name!r}: key_padding is for 1-D token mixers (spatial_dims=1)")
         for attr in ("tiny", "bench", "sweep", "conformance"):
             object.__setattr__(self, attr, _frozen(getattr(self, attr)))
         for attr in ("parity_fixtures", "layouts", "ledger", "aliases", "extra_inputs"):

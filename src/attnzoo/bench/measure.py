@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib
 import inspect
 import resource
 import statistics
@@ -37,12 +38,14 @@ __all__ = [
     "at_equal_width",
     "bench_kwargs",
     "bench_variants",
+    "cost_model",
     "count_flops",
     "measure_size",
     "time_call",
+    "time_interleaved",
 ]
 
-BENCH_RESERVED_KEYS = ("sizes", "variants", "queries", "equal_width")
+BENCH_RESERVED_KEYS = ("sizes", "variants", "queries", "equal_width", "cost_model")
 #: query tokens of a cross-attention benchmark (its sweep grows the context)
 DEFAULT_QUERIES = 64
 
@@ -50,6 +53,21 @@ DEFAULT_QUERIES = 64
 def bench_kwargs(name: str) -> dict[str, Any]:
     """Constructor kwargs of ``name``'s benchmark configuration (card.bench minus reserved keys)."""
     return {k: v for k, v in attnzoo.card(name).bench.items() if k not in BENCH_RESERVED_KEYS}
+
+
+def cost_model(name: str) -> Callable[[dict[str, Any], int, int], dict[str, float]] | None:
+    """The function named by ``card.bench["cost_model"]`` (``"package.module:function"``), or ``None``.
+
+    It takes a benchmarked configuration, the token count N and the batch, and returns labelled
+    modelled quantities (e.g. passes, bytes of memory traffic) that the report prints beside the
+    measured cost of each size (see :func:`attnzoo.kernels.fusemax.bench_cost_model`)."""
+    spec = attnzoo.card(name).bench.get("cost_model")
+    if spec is None:
+        return None
+    module, sep, attr = str(spec).partition(":")
+    if not sep:
+        raise ValueError(f"card {name!r}: bench['cost_model'] must be 'module:function', got {spec!r}")
+    return getattr(importlib.import_module(module), attr)
 
 
 EQUAL_WIDTHS: dict[str, int] = {
@@ -166,6 +184,24 @@ def time_call(fn: Callable[[], Any], *, warmup: int, repeats: int, budget_s: flo
         "min": min(times),
         "runs": len(times),
     }
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], *, warmup: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Wall time (ms) of every ``fns`` entry: ``warmup`` untimed calls each, then ``repeats`` rounds
+    that call each once in turn, so that load changes during the run reach all entries alike;
+    min, median and runs per entry."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - t0) * 1e3)
+    return {k: {"min": min(v), "median": statistics.median(v), "runs": len(v)} for k, v in times.items()}
 
 
 def _outputs_sum(out: Any) -> torch.Tensor:

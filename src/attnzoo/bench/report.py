@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from attnzoo.bench.measure import EQUAL_HEADS, EQUAL_WIDTHS
+from attnzoo.bench.measure import EQUAL_HEADS, EQUAL_WIDTHS, cost_model
+from attnzoo.registry import UnknownMechanismError
 
 __all__ = [
     "BASELINE",
@@ -167,6 +168,8 @@ def write_report(doc: dict[str, Any], out_dir: Path, plots: list[str]) -> Path:
                     f"{_cell(s, 'fwdbwd_ms', 'median')} | {_cell(s, 'peak_fwd_mb')} | "
                     f"{_cell(s, 'peak_fwdbwd_mb')} | {_cell(s, 'flops_fwdbwd', unit='flops')} |"
                 )
+    lines += _variant_parameters(doc)
+    lines += _cost_models(doc)
     failures = [(r["name"], s) for r in doc["results"] for s in r["sizes"] if s.get("status") not in ("ok",)]
     if failures:
         lines += ["", "## Not measured", ""]
@@ -180,6 +183,71 @@ def write_report(doc: dict[str, Any], out_dir: Path, plots: list[str]) -> Path:
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _variant_parameters(doc: dict[str, Any]) -> list[str]:
+    """For every mechanism benchmarked as several ``name[label]`` variants (card ``bench["variants"]``)
+    of different sizes: each variant's parameters and its saving against the mechanism's first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for res in doc["results"]:
+        groups.setdefault(res["mechanism"], []).append(res)
+    lines: list[str] = []
+    for variants in groups.values():
+        base = variants[0]["params"]
+        if len(variants) < 2 or not base or len({res["params"] for res in variants}) == 1:
+            continue  # one variant, or all of one size: nothing saved
+        lines += ["", f"| variant | params | saving vs `{variants[0]['name']}` |", "|---|---:|---:|"]
+        for res in variants:
+            params = res["params"]
+            cells = "– | –" if params is None else f"{params:,} | {1.0 - params / base:+.1%}"
+            lines.append(f"| `{res['name']}` | {cells} |")
+    if not lines:
+        return []
+    return [
+        "",
+        "## Parameters by variant",
+        "",
+        "Parameters of each benchmarked variant (the module's own); saving = 1 - params / the first "
+        "variant's (negative: larger).",
+        *lines,
+    ]
+
+
+def _cost_models(doc: dict[str, Any]) -> list[str]:
+    """For every result whose card names a cost model (``bench["cost_model"]``, see
+    :func:`attnzoo.bench.measure.cost_model`): the model's values at each measured size beside the
+    measured FLOPs, latency and memory, with the ratio of modelled to counted FLOPs."""
+    lines: list[str] = []
+    for res in doc["results"]:
+        try:
+            model = cost_model(res["mechanism"])
+        except UnknownMechanismError:
+            lines += ["", f"`{res['name']}`: no cost model (mechanism not registered in this process)"]
+            continue
+        rows = _ok(res["sizes"])
+        if model is None or not rows:
+            continue
+        values = [model(res["config"], r["n"], r["batch"]) for r in rows]
+        labels = list(values[0])
+        header = " | ".join(labels)
+        lines += [
+            "",
+            f"`{res['name']}` (`{json.dumps(res['config'])}`)",
+            "",
+            f"| size | {header} | FLOPs counted | model / counted FLOPs | latency | memory |",
+            "|---|" + "---:|" * (len(labels) + 4),
+        ]
+        for r, v in zip(rows, values):
+            ratio = v["model FLOPs"] / r["flops_fwd"] if "model FLOPs" in v and r.get("flops_fwd") else None
+            lines.append(
+                f"| {_size_label(r)} | " + " | ".join(_fmt(v[k], "flops") for k in labels) + " | "
+                f"{_cell(r, 'flops_fwd', unit='flops')} | {_fmt(ratio, digits=4)} | "
+                f"{_cell(r, 'fwd_ms', 'median', ' ms')} | {_cell(r, 'peak_fwd_mb', unit=' MiB')} |"
+            )
+    if not lines:
+        return []
+    intro = "Modelled values (the card's `bench['cost_model']`) beside the measured cost of each size."
+    return ["", "## Cost models", "", intro, *lines]
 
 
 def _configurations(doc: dict[str, Any]) -> list[str]:

@@ -28,7 +28,7 @@ from attnzoo.kernels import attention, merge_heads, split_heads
 
 __all__ = ["PatchGrid", "PrefixAttention", "TimmViTAttention", "vit_attention_class"]
 
-_CONTRACT_INPUTS = {"self", "x", "size"}
+_CONTRACT_INPUTS = {"self", "x", "size", "key_padding_mask"}  # key_padding_mask: optional, per batch
 
 
 class PatchGrid:

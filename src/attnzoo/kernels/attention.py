@@ -11,7 +11,11 @@ with ``Q: (B, h, N_q, d)``, ``K: (B, h, N_k, d)``, ``V: (B, h, N_k, d_v)``, a bo
 :func:`attnzoo.capture` is active, as the path that reports the attention matrix.
 Every query row must keep at least one key: a fully masked row is undefined (NaN).
 :func:`allowed_keys` gives the bool mask of the keys these arguments let each query attend to,
-which :func:`attention_reference` reports with the attention matrix while capturing.
+which :func:`attention_reference` reports with the attention matrix while capturing;
+:func:`padding_mask` turns a key-padding mask ``(B, N)`` into a ``mask`` that keeps no row empty.
+While an :func:`attnzoo.training.hook.score_perturbation` is active (adversarial training of
+attention), :func:`attention` also takes the materialised path, whose masked scores pass
+through the perturbation before the softmax.
 """
 
 from __future__ import annotations
@@ -20,8 +24,17 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.capture import capturing, record, wants
+from attnzoo.training.hook import perturb, perturbing
 
-__all__ = ["allowed_keys", "attention", "attention_reference", "causal_mask", "merge_heads", "split_heads"]
+__all__ = [
+    "allowed_keys",
+    "attention",
+    "attention_reference",
+    "causal_mask",
+    "merge_heads",
+    "padding_mask",
+    "split_heads",
+]
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -42,6 +55,20 @@ def causal_mask(n_q: int, n_k: int, device: torch.device | None = None) -> torch
     i = torch.arange(n_q, device=device).unsqueeze(1)
     j = torch.arange(n_k, device=device).unsqueeze(0)
     return j <= i + offset
+
+
+def padding_mask(keep: torch.Tensor, query_keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The :func:`attention` ``mask`` of a key-padding mask ``keep (B, N_k)`` (True = real token).
+
+    Without ``query_keep`` it is ``(B, 1, 1, N_k)``: every query reads the kept keys only, which is
+    enough when every query's pattern holds a kept key (full attention). With ``query_keep``
+    (broadcastable to ``(B, h, N_q)``, True = real query) it is ``(B, h, N_q, N_k)`` and padded
+    queries keep their whole pattern, so that a pattern holding no kept key (causal, windowed)
+    never leaves a padded row empty (NaN); padded rows' outputs are then meaningless, the caller
+    discards them.
+    """
+    mask = keep[:, None, None, :]
+    return mask if query_keep is None else mask | ~query_keep[..., None]
 
 
 def _combined_mask(
@@ -113,6 +140,8 @@ def attention_reference(
             scores = scores.masked_fill(~combined, float("-inf"))
         else:
             scores = scores + combined
+    if perturbing():  # attnzoo.training: adversarial perturbation of the masked scores
+        scores = perturb(scores, _allowed(combined))
     probs = scores.softmax(dim=-1)
     if capturing():
         values = v if wants("values") else None
@@ -142,7 +171,7 @@ def attention(
         scale: score scale; ``d ** -0.5`` when ``None``.
         dropout_p: attention dropout (apply only in training).
     """
-    if capturing():
+    if capturing() or perturbing():
         return attention_reference(
             q, k, v, mask=mask, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p
         )

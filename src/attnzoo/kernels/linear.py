@@ -29,6 +29,11 @@ Three exact forms of the same function:
 is the non-causal (forward + backward scan) form. All forms compute in at least float32 and return
 ``o`` in the dtype of ``q`` and the state in the compute dtype (float32, or float64 for float64
 inputs).
+
+:func:`linear_attention` and :func:`linear_attention_bidirectional` take a ``key_padding_mask (B, N)``
+(True = real token): padded tokens get zero keys and values and a zero log gate (no decay), so they
+add nothing to any state, sum or normaliser and the kept tokens get exactly the result of the
+sequence without them (their own outputs are meaningless).
 """
 
 from __future__ import annotations
@@ -314,6 +319,25 @@ def linear_attention_chunked(
     return o.to(out_dtype), state
 
 
+def _drop_padding(
+    key_padding_mask: torch.Tensor | None,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_gate: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``k``, ``v`` zeroed and ``log_gate`` set to 0 where ``key_padding_mask (B, N)`` is False."""
+    if key_padding_mask is None:
+        return k, v, log_gate
+    b, h, n, dk = k.shape
+    check_tensor(key_padding_mask, "key_padding_mask", floating=False, finite=False, shape=(b, n))
+    if key_padding_mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must be a bool tensor, got dtype {key_padding_mask.dtype}")
+    pad = ~key_padding_mask[:, None, :, None]
+    if log_gate is not None:
+        log_gate = broadcast_log_gate(log_gate, b, h, n, dk).masked_fill(pad, 0.0)
+    return k.masked_fill(pad, 0.0), v.masked_fill(pad, 0.0), log_gate
+
+
 def linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -323,12 +347,17 @@ def linear_attention(
     initial_state: torch.Tensor | None = None,
     scale: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    key_padding_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal (gated) linear attention; same contract as :func:`linear_attention_recurrent`.
 
     Runs the chunked form (:func:`linear_attention_chunked`): O(N C d_k + N d_k d_v) time for
-    chunk size C, exact to float64 precision against the recurrence.
+    chunk size C, exact to float64 precision against the recurrence. ``key_padding_mask (B, N)``
+    (True = real token) removes the padded tokens (see the module docstring); the final state is
+    then the state after the last kept token.
     """
+    _check_qkv(q, k, v)
+    k, v, log_gate = _drop_padding(key_padding_mask, k, v, log_gate)
     return linear_attention_chunked(
         q, k, v, log_gate=log_gate, initial_state=initial_state, scale=scale, chunk_size=chunk_size
     )
@@ -343,6 +372,7 @@ def linear_attention_bidirectional(
     reverse_log_gate: torch.Tensor | None = None,
     scale: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Non-causal linear attention: every query reads every key, each key counted once.
 
@@ -352,9 +382,14 @@ def linear_attention_bidirectional(
     applied as in the recurrence run from the last token: ``S'_t = diag(exp(g'_t)) S'_{t+1} +
     k_t^T v_t``; it defaults to ``log_gate``). Without gates this is ``scale * q (K^T V)`` in
     O(N d_k d_v). Mechanisms that count the current token in both directions (ViG) add
-    ``scale * (q_i . k_i) v_i`` themselves. Returns ``o (B, h, N, d_v)`` in the dtype of ``q``.
+    ``scale * (q_i . k_i) v_i`` themselves. ``key_padding_mask (B, N)`` (True = real token) removes
+    the padded tokens from every sum (see the module docstring). Returns ``o (B, h, N, d_v)`` in the
+    dtype of ``q``.
     """
     _check_qkv(q, k, v)
+    k, v, log_gate = _drop_padding(key_padding_mask, k, v, log_gate)
+    if reverse_log_gate is not None:
+        _, _, reverse_log_gate = _drop_padding(key_padding_mask, k, v, reverse_log_gate)
     dtype = _compute_dtype(q.dtype)
     if log_gate is None and reverse_log_gate is None:
         qf, kf, vf = q.to(dtype), k.to(dtype), v.to(dtype)

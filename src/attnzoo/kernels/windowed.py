@@ -11,7 +11,9 @@ block can reach, so time and memory are ``O(N * span * d)`` instead of ``O(N^2)`
   ``i`` sees the keys of its own group plus the first ``num_sink`` tokens ("attention sinks"),
   optionally causally (:func:`group_mask`). This is the S2-attention pattern of LongLoRA/SinkLoRA.
 
-Tensors are ``q, k: (B, h, N, d)``, ``v: (B, h, N, d_v)`` (self-attention: one ``N``). While
+Tensors are ``q, k: (B, h, N, d)``, ``v: (B, h, N, d_v)`` (self-attention: one ``N``); both take
+a ``key_padding_mask (B, N)`` (True = real token) that hides padded keys from every query (padded
+queries keep their pattern, so no row is empty; their outputs are meaningless). While
 :func:`attnzoo.capture` is active both run the dense masked form so the recorded matrix is the
 full ``(B, h, N, N)`` pattern; the outputs are the same function either way. Short sequences take
 the dense form too, except while ``torch.export`` traces: the blocked form is then used for every
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.capture import capturing
-from attnzoo.kernels.attention import attention
+from attnzoo.kernels.attention import attention, padding_mask
 
 __all__ = ["band_mask", "group_mask", "grouped_attention", "sliding_window_attention"]
 
@@ -68,6 +70,7 @@ def sliding_window_attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
     block_size: int | None = None,
+    key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention restricted to the band ``i - left <= j <= i + right``.
 
@@ -80,6 +83,7 @@ def sliding_window_attention(
         block_size: query block length ``b``; default ``max(left, right, 32)`` so that a block
             reads at most three key blocks. Sequences no longer than the key span ``(1 +
             ceil(left/b) + ceil(right/b)) * b`` use one dense masked call (same cost bound).
+        key_padding_mask: ``(B, N)`` bool, True = real token; padded keys are hidden.
 
     Returns:
         ``(B, h, N, d_v)``. Peak extra memory is ``O(B h N span)``, never ``O(N^2)`` once
@@ -95,6 +99,8 @@ def sliding_window_attention(
     span = (before + 1 + after) * b
     if capturing() or (not torch.compiler.is_exporting() and n <= span):
         mask = band_mask(n, n, left, right, q.device)
+        if key_padding_mask is not None:
+            mask = mask & padding_mask(key_padding_mask, key_padding_mask[:, None])
         return attention(q, k, v, mask=mask, scale=scale, dropout_p=dropout_p)
     bsz, h, _, d = q.shape
     dv = v.shape[-1]
@@ -114,7 +120,13 @@ def sliding_window_attention(
     key_ok = (j >= 0) & (j < n)
     query_pad = (c.unsqueeze(1) * b + r.unsqueeze(0)) >= n  # padded query rows keep their own (zero) key
     mask = in_band & (key_ok.unsqueeze(1) | query_pad.unsqueeze(2))
-    mask = mask.unsqueeze(0).expand(h, nb, b, span).reshape(h * nb, b, span)
+    if key_padding_mask is None:
+        mask = mask.unsqueeze(0).expand(h, nb, b, span).reshape(h * nb, b, span)
+    else:
+        keep_q = F.pad(key_padding_mask, (0, pad_end)).reshape(bsz, nb, b)
+        keep_k = F.pad(key_padding_mask, (before * b, pad_end + after * b)).unfold(1, span, b)
+        mask = mask & (keep_k.unsqueeze(2) | ~keep_q.unsqueeze(3))  # (B, nb, b, span)
+        mask = mask.unsqueeze(1).expand(bsz, h, nb, b, span).reshape(bsz, h * nb, b, span)
     out = attention(qb, kb, vb, mask=mask, scale=scale, dropout_p=dropout_p)
     # a gather, not a slice: a slice's strides would make an exported program guard on b dividing N
     return out.reshape(bsz, h, nb * b, dv).index_select(2, torch.arange(n, device=q.device))
@@ -149,6 +161,7 @@ def grouped_attention(
     causal: bool = False,
     scale: float | None = None,
     dropout_p: float = 0.0,
+    key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention within token groups plus global sink keys.
 
@@ -164,6 +177,7 @@ def grouped_attention(
         causal: restrict to ``j <= i``.
         scale: score scale; ``d ** -0.5`` when ``None``.
         dropout_p: attention dropout (apply only in training).
+        key_padding_mask: ``(B, N)`` bool, True = real token; padded keys (sinks included) are hidden.
 
     Returns:
         ``(B, h, N, d_v)``; each query block reads ``num_sink + G`` keys, so memory is
@@ -179,6 +193,8 @@ def grouped_attention(
     num_sink = min(_check_nonneg_int(num_sink, "num_sink"), n)
     if capturing() or (not torch.compiler.is_exporting() and n + offset <= g):
         mask = group_mask(n, g, offset=offset, num_sink=num_sink, causal=causal, device=q.device)
+        if key_padding_mask is not None:
+            mask = mask & padding_mask(key_padding_mask, key_padding_mask[:, None])
         return attention(q, k, v, mask=mask, scale=scale, dropout_p=dropout_p)
     bsz, h, _, d = q.shape
     dv = v.shape[-1]
@@ -211,11 +227,19 @@ def grouped_attention(
     else:
         mask = same
     span = g + num_sink
+    if key_padding_mask is None:
+        mask = mask.unsqueeze(0).expand(h, ng, g, span).reshape(h * ng, g, span)
+    else:
+        keep = F.pad(key_padding_mask, (offset, ng * g - n - offset)).reshape(bsz, ng, g)
+        sinks = key_padding_mask[:, None, :num_sink].expand(bsz, ng, num_sink)
+        keep_k = torch.cat([sinks, keep], dim=2)  # (B, ng, span), in the order of the key slots
+        mask = mask & (keep_k.unsqueeze(2) | ~keep.unsqueeze(3))  # (B, ng, G, span)
+        mask = mask.unsqueeze(1).expand(bsz, h, ng, g, span).reshape(bsz, h * ng, g, span)
     out = attention(
         qg.reshape(bsz, h * ng, g, d),
         kg.reshape(bsz, h * ng, span, d),
         vg.reshape(bsz, h * ng, span, dv),
-        mask=mask.unsqueeze(0).expand(h, ng, g, span).reshape(h * ng, g, span),
+        mask=mask,
         scale=scale,
         dropout_p=dropout_p,
     )

@@ -24,7 +24,7 @@ from torch import nn
 from attnzoo.checks import check_bool, check_divisible, check_float, check_int
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads
-from attnzoo.kernels.linear import linear_attention
+from attnzoo.kernels.linear import linear_attention, linear_attention_bidirectional
 from attnzoo.mechanisms.token_mixer.sliding_window import SlidingWindowAttention
 from attnzoo.registry import Card, register
 
@@ -82,6 +82,8 @@ class TaylorFeatureMap(nn.Module):
         layouts=("BNC",),
         spatial_dims=1,
         causal=True,
+        key_padding="edges",
+        key_padding_note="the window branch (window=w) takes padding at the edges only",
         ledger=(
             "Default (window=None) is Zoology's Based mixer exactly (official fixture 'based'): projections "
             "proj_q/proj_k (C -> h*d), proj_v (C -> h*d_v), proj_o (h*d_v -> C), no bias, no dropout.",
@@ -183,8 +185,9 @@ class BasedAttention(TokenMixer):
         feats = taylor_feature_size(self.feature_dim)
         return self.num_heads * self.head_dim * feats + self.num_heads * feats
 
-    def linear_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """The Based linear-attention output ``(B, N, C)`` (without the window branch)."""
+    def linear_branch(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The Based linear-attention output ``(B, N, C)`` (without the window branch); padded tokens
+        (``key_padding_mask (B, N)`` False) are left out of every state and normaliser."""
         b, n, _ = x.shape
         h = self.num_heads
         q = self.feature_map(self.proj_q(x).view(b, n, h, self.feature_dim).transpose(1, 2))
@@ -192,14 +195,16 @@ class BasedAttention(TokenMixer):
         v = self.proj_v(x).view(b, n, h, self.head_dim).transpose(1, 2)
         v1 = torch.cat([v, v.new_ones(b, h, n, 1)], dim=-1)
         if self.causal:
-            o, _ = linear_attention(q, k, v1, scale=1.0)
+            o, _ = linear_attention(q, k, v1, scale=1.0, key_padding_mask=key_padding_mask)
         else:
-            o = q @ (k.transpose(-2, -1) @ v1)
+            o = linear_attention_bidirectional(q, k, v1, key_padding_mask=key_padding_mask)
         y = o[..., : self.head_dim] / (o[..., self.head_dim :] + self.eps)
         return self.proj_o(merge_heads(y))
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-        out = self.linear_branch(x)
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        out = self.linear_branch(x, key_padding_mask)
         if self.local is not None:
-            out = out + self.local.compute(x, size)
+            out = out + self.local.compute(x, size, key_padding_mask)
         return out

@@ -25,6 +25,7 @@ from torch import nn
 from attnzoo.checks import check_divisible, check_int, check_rate, check_tensor
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention, merge_heads, split_heads
+from attnzoo.kernels.attention import padding_mask
 from attnzoo.registry import Card, register
 
 __all__ = ["ContextAwareSelfAttention"]
@@ -48,6 +49,7 @@ __all__ = ["ContextAwareSelfAttention"]
         memory_complexity="O(N C) with SDPA (O(h N^2) when capturing weights)",
         layouts=("BNC",),
         spatial_dims=1,
+        key_padding="any",
         ledger=(
             "Only the abstract of Ilias & Askounis (2023) was available to attnzoo and they publish no "
             "code; the layer follows Yang et al. (2019), the context-aware self-attention the abstract "
@@ -93,11 +95,17 @@ class ContextAwareSelfAttention(TokenMixer):
         self.proj = nn.Linear(dim, dim)
 
     def gates(
-        self, x: torch.Tensor, context: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Gated ``Q^, K^`` and ``V (B, N, C)`` and the gates ``l_Q, l_K (B, N, 1)``."""
+        """Gated ``Q^, K^`` and ``V (B, N, C)`` and the gates ``l_Q, l_K (B, N, 1)``; the default
+        context is the mean of the tokens ``keep (B, N)`` marks real (all when ``None``)."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        c = x.mean(dim=1) if context is None else context
+        if context is not None:
+            c = context
+        elif keep is None:
+            c = x.mean(dim=1)
+        else:  # padded tokens of x are zero: sum and divide by the kept count
+            c = x.sum(dim=1) / keep.sum(dim=1, keepdim=True).to(x.dtype)
         qc, kc = self.context_proj(c)[:, None].chunk(2, dim=-1)  # (B, 1, C) each
         d = self.dim
         # [t; t_c] w + b without forming the (B, N, 2C) concatenation
@@ -109,11 +117,14 @@ class ContextAwareSelfAttention(TokenMixer):
         )
         return (1 - lq) * q + lq * qc, (1 - lk) * k + lk * kc, v, lq, lk
 
-    def _mix(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        q, k, v, _, _ = self.gates(x, context)
+    def _mix(
+        self, x: torch.Tensor, context: torch.Tensor | None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        q, k, v, _, _ = self.gates(x, context, keep)
         h = self.num_heads
         drop = self.attn_drop if self.training else 0.0
-        out = attention(split_heads(q, h), split_heads(k, h), split_heads(v, h), dropout_p=drop)
+        mask = None if keep is None else padding_mask(keep)
+        out = attention(split_heads(q, h), split_heads(k, h), split_heads(v, h), mask=mask, dropout_p=drop)
         return self.proj(merge_heads(out))
 
     def attend(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,10 +140,12 @@ class ContextAwareSelfAttention(TokenMixer):
             )
         return self._mix(x, context)
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.context_dim != self.dim:
             raise ValueError(
                 f"this module was built with context_dim={self.context_dim} != dim={self.dim}: call "
                 "attend(x, context) with its context vector"
             )
-        return self._mix(x, None)
+        return self._mix(x, None, key_padding_mask)

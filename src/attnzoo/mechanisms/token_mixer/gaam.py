@@ -62,6 +62,8 @@ def gaam_head_slices(n: int, num_heads: int) -> list[tuple[int, int]]:
         memory_complexity="O(N C)",
         layouts=("BNC",),
         spatial_dims=1,
+        key_padding_note="axis='tokens' standardises every channel over all N tokens, split into head "
+        "chunks of N // num_heads tokens, so the statistics and the chunks depend on the padded length",
         ledger=(
             "eps: the official MultiHeadGaussianAdaptiveAttention passes its eps into the positional "
             "slot mean_offset_init of every head, so heads always run with eps=1e-8 whatever eps it is "

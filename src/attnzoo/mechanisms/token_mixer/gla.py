@@ -71,6 +71,7 @@ def gated_linear_attention(
     initial_state: torch.Tensor | None = None,
     *,
     scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The GLA recurrence with per-key log gates (``<= 0``) and scale ``d_k ** -0.5`` by default.
 
@@ -78,13 +79,23 @@ def gated_linear_attention(
         q, k, log_gate: ``(B, h, N, d_k)``; v: ``(B, h, N, d_v)``.
         initial_state: ``(B, h, d_k, d_v)`` or ``None``.
         scale: query scale, ``d_k ** -0.5`` when ``None``.
+        key_padding_mask: ``(B, N)`` bool, True = real token; padded tokens neither add to the state
+            nor decay it.
 
     Returns ``(o (B, h, N, d_v), final_state (B, h, d_k, d_v))``.
     """
     check_tensor(q, "q", ndim=4, finite=False)
     check_tensor(log_gate, "log_gate", ndim=4, finite=False, shape=q.shape)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return linear_attention(q, k, v, log_gate=log_gate, initial_state=initial_state, scale=scale)
+    return linear_attention(
+        q,
+        k,
+        v,
+        log_gate=log_gate,
+        initial_state=initial_state,
+        scale=scale,
+        key_padding_mask=key_padding_mask,
+    )
 
 
 def convert_fla_gla_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -133,6 +144,7 @@ class GatedLinearAttentionOp(nn.Module):
         spatial_dims=1,
         causal=True,
         causal_only=True,
+        key_padding="any",
         ledger=(
             "Recurrence verified against the official naive_recurrent_gla (fixture gla_reference, from ViG's "
             "vendored flash-linear-attention: with/without initial state, weak and strong gates).",
@@ -236,9 +248,11 @@ class GatedLinearAttention(TokenMixer):
         """``o (B, h, N, d_v)`` -> ``(B, N, C)``: per-head RMSNorm, swish gate, projection."""
         return self.o_proj(merge_heads(self.g_norm(o)) * F.silu(self.g_proj(x)))
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         q, k, v, log_gate = self._project(x)
-        o, _ = gated_linear_attention(q, k, v, log_gate)
+        o, _ = gated_linear_attention(q, k, v, log_gate, key_padding_mask=key_padding_mask)
         return self._output(x, o)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

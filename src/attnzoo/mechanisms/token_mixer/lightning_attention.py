@@ -52,13 +52,19 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 
 
 def lightning_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slopes: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``o_i = sum_{j<=i} exp(-s_h (i - j)) (q_i . k_j) v_j``; ``s = None`` means no decay.
 
     Args:
         q, k: ``(B, h, N, d)``; v: ``(B, h, N, e)``.
         slopes: per-head decay rates ``s_h >= 0``, any shape with ``h`` elements (e.g. ``(h, 1, 1)``).
+        key_padding_mask: ``(B, N)`` bool, True = real token; padded tokens neither add to the state
+            nor decay it (:func:`attnzoo.kernels.linear.linear_attention`).
 
     Returns ``o (B, h, N, e)`` in the dtype of ``q``.
     """
@@ -71,7 +77,7 @@ def lightning_attention(
         if not tracing() and bool((slopes < 0).any()):
             raise ValueError("slopes must be >= 0 (decay exp(-s) <= 1)")
         log_gate = -slopes.reshape(h, 1, 1)
-    o, _ = linear_attention(q, k, v, log_gate=log_gate)
+    o, _ = linear_attention(q, k, v, log_gate=log_gate, key_padding_mask=key_padding_mask)
     return o
 
 
@@ -104,6 +110,7 @@ class LightningAttentionOp(nn.Module):
         spatial_dims=1,
         causal=True,
         causal_only=True,
+        key_padding="any",
         ledger=(
             "Kernel verified against the official torch reference linear_attn (fixture "
             "lightning_attention_reference: decayed, 6-head non-power-of-2 slopes, no decay; N = 75/64/50).",
@@ -197,9 +204,11 @@ class LightningAttention(TokenMixer):
     def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         return self.o_proj(self.norm(o) * torch.sigmoid(self.output_gate(x)))
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         q, k, v = self._qkv(x)
-        o = lightning_attention(q, k, v, self.slope_rate.to(q.dtype))
+        o = lightning_attention(q, k, v, self.slope_rate.to(q.dtype), key_padding_mask)
         return self._output(x, merge_heads(o))
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,6 +48,7 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
         layouts=("BNC",),
         spatial_dims=1,
         causal=True,
+        key_padding="any",
         ledger=(
             "Verified in float64 against the token-by-token recurrence (eq. 8-9) and the explicit "
             "normalised sum (eq. 6); no official fixture.",
@@ -118,12 +119,14 @@ class LinearAttention(TokenMixer):
     def _normalise(self, o: torch.Tensor) -> torch.Tensor:
         return o[..., : self.head_dim] / (o[..., self.head_dim :] + self.eps)
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         q, k, v1 = self._features(x)
         if self.causal:
-            o, _ = linear_attention(q, k, v1)
+            o, _ = linear_attention(q, k, v1, key_padding_mask=key_padding_mask)
         else:
-            o = linear_attention_bidirectional(q, k, v1)
+            o = linear_attention_bidirectional(q, k, v1, key_padding_mask=key_padding_mask)
         return self.proj_drop(self.proj(merge_heads(self._normalise(o))))
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ from torch import nn
 from attnzoo.checks import check_bool, check_divisible, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention, merge_heads, split_heads
+from attnzoo.kernels.attention import padding_mask
 from attnzoo.registry import Card, register
 
 __all__ = ["MultiHeadSelfAttention"]
@@ -32,6 +33,7 @@ __all__ = ["MultiHeadSelfAttention"]
         layouts=("BNC",),
         spatial_dims=1,
         causal=True,
+        key_padding="any",
         ledger=(
             "Verified against torch.nn.MultiheadAttention (same projections, no bias_kv/add_zero_attn).",
         ),
@@ -82,8 +84,13 @@ class MultiHeadSelfAttention(TokenMixer):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         q, k, v = split_heads(self.qkv(x), 3 * self.num_heads).chunk(3, dim=1)
         drop = self.attn_drop if self.training else 0.0
-        out = attention(q, k, v, causal=self.causal, dropout_p=drop)
+        mask = None
+        if key_padding_mask is not None:
+            mask = padding_mask(key_padding_mask, key_padding_mask[:, None] if self.causal else None)
+        out = attention(q, k, v, mask=mask, causal=self.causal, dropout_p=drop)
         return self.proj_drop(self.proj(merge_heads(out)))

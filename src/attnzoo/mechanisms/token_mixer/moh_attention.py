@@ -30,6 +30,7 @@ from torch import nn
 from attnzoo.checks import check_bool, check_divisible, check_int, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention, merge_heads
+from attnzoo.kernels.attention import padding_mask
 from attnzoo.registry import Card, register
 
 __all__ = ["MoHAttention"]
@@ -55,6 +56,7 @@ __all__ = ["MoHAttention"]
         layouts=("BNC",),
         spatial_dims=1,
         causal=True,
+        key_padding="any",
         ledger=(
             "sparse_heads=True (not in the paper's or the official code, which computes every head and "
             "zeroes the unselected ones): routed heads run attention only on the query rows of the tokens "
@@ -80,6 +82,7 @@ __all__ = ["MoHAttention"]
             "routed_head": (1, 2),
             "causal": (False, True),
             "qk_norm": (False, True),
+            "sparse_heads": (False, True),
             "size": (1, 10),
         },
         bench={
@@ -182,8 +185,11 @@ class MoHAttention(TokenMixer):
         self.aux_loss: torch.Tensor | None = None
         self.last_gates: torch.Tensor | None = None
 
-    def _gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Head gates ``(B, N, h)`` and the routed-head selection mask ``(B, N, h - h_s)``."""
+    def _gates(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head gates ``(B, N, h)`` and the routed-head selection mask ``(B, N, h - h_s)``; the
+        load-balance loss averages over the tokens ``keep (B, N)`` marks real (all when ``None``)."""
         s = self.shared_head
         if self.shared_router is not None:
             shared = F.softmax(self.shared_router(x), dim=-1) * s
@@ -198,8 +204,13 @@ class MoHAttention(TokenMixer):
         denom = kept.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(kept.dtype).eps)
         routed = kept / denom * self.routed_head
         experts = probs.shape[-1]
-        load = selected.to(probs.dtype).flatten(0, -2).mean(dim=0)
-        self.aux_loss = (probs.flatten(0, -2).mean(dim=0) * load).mean() * experts * experts
+        chosen, probs_ = selected.to(probs.dtype).flatten(0, -2), probs.flatten(0, -2)
+        if keep is None:
+            load, mean_probs = chosen.mean(dim=0), probs_.mean(dim=0)
+        else:  # means over the real tokens only
+            weight = keep.to(probs.dtype).flatten()[:, None] / keep.sum()
+            load, mean_probs = (chosen * weight).sum(dim=0), (probs_ * weight).sum(dim=0)
+        self.aux_loss = (mean_probs * load).mean() * experts * experts
         if self.mix_router is None:
             return routed, selected
         mix = F.softmax(self.mix_router(x), dim=-1) * 2
@@ -213,8 +224,10 @@ class MoHAttention(TokenMixer):
         gates: torch.Tensor,
         selected: torch.Tensor,
         drop: float,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Gated routed-head outputs ``(B, E, N, d)``, attention run on the selected query rows only."""
+        """Gated routed-head outputs ``(B, E, N, d)``, attention run on the selected query rows only;
+        ``keep (B, N)`` (True = real token) hides padded keys."""
         b, e, n, d = q.shape
         chosen = selected.transpose(1, 2)
         rows = int(chosen.sum(dim=-1).max())
@@ -223,28 +236,43 @@ class MoHAttention(TokenMixer):
         mask = None
         if self.causal:
             mask = torch.arange(n, device=q.device) <= order.unsqueeze(-1)
+        if keep is not None:
+            rows_keep = keep[:, None, :].expand(b, e, n).gather(2, order) if self.causal else None
+            pad = padding_mask(keep, rows_keep)
+            mask = pad if mask is None else mask & pad
         out = attention(q.gather(2, index), k, v, mask=mask, scale=self.scale, dropout_p=drop)
         out = out * gates.transpose(1, 2).gather(2, order).unsqueeze(-1)
         return out.new_zeros(b, e, n, d).scatter(2, index, out)
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, n, _ = x.shape
-        gates, selected = self._gates(x)
+        keep = key_padding_mask
+        gates, selected = self._gates(x, keep)
         self.last_gates = gates.detach()
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         drop = self.attn_drop if self.training else 0.0
         s = self.shared_head
+        mask = None if keep is None else padding_mask(keep, keep[:, None] if self.causal else None)
         if self.sparse_heads and selected is not None:
-            heads = [self._routed_sparse(q[:, s:], k[:, s:], v[:, s:], gates[..., s:], selected, drop)]
+            routed = self._routed_sparse(q[:, s:], k[:, s:], v[:, s:], gates[..., s:], selected, drop, keep)
+            heads = [routed]
             if s:
                 shared = attention(
-                    q[:, :s], k[:, :s], v[:, :s], causal=self.causal, scale=self.scale, dropout_p=drop
+                    q[:, :s],
+                    k[:, :s],
+                    v[:, :s],
+                    mask=mask,
+                    causal=self.causal,
+                    scale=self.scale,
+                    dropout_p=drop,
                 )
                 heads.insert(0, shared * gates[..., :s].transpose(1, 2).unsqueeze(-1))
             out = torch.cat(heads, dim=1)
         else:
-            out = attention(q, k, v, causal=self.causal, scale=self.scale, dropout_p=drop)
+            out = attention(q, k, v, mask=mask, causal=self.causal, scale=self.scale, dropout_p=drop)
             out = out * gates.transpose(1, 2).unsqueeze(-1)
         return self.proj_drop(self.proj(merge_heads(out)))

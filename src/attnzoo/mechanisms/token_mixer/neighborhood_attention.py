@@ -155,6 +155,9 @@ class _NeighborhoodAttention(TokenMixer):
         layouts=("BNC",),
         spatial_dims=1,
         causal=True,
+        key_padding_note="windows are clamped inside [0, N) to keep k keys, so near a sequence's end "
+        "they would slide onto padding instead of inwards: the unpadded neighbourhoods depend on each "
+        "sequence's own length",
         ledger=_LEDGER_COMMON,
         tiny={"dim": 8, "num_heads": 2, "kernel_size": 3, "dilation": 2},
         sweep={

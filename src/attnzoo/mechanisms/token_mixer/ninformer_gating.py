@@ -50,6 +50,8 @@ def _mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
         layouts=("BNC",),
         spatial_dims=1,
         variable_size=False,
+        key_padding_note="the token MLP (Linear(seq_len, token_dim)) mixes every position with learned "
+        "weights per absolute position: a padded position's weight cannot be removed",
         ledger=(
             "The gate is the Mixer block output itself (both residuals included), without sigmoid, "
             "as in the official MixerGatingUnit.",

@@ -103,6 +103,7 @@ def prune_leaves(
         layouts=("BNC",),
         spatial_dims=1,
         causal=False,
+        key_padding="any",
         ledger=(
             "No official code: the repository the paper announces (dingmyu/DependencyViT, commit "
             "3dcf359) holds only a LICENSE; verified against a float64 loop reference of the "
@@ -180,11 +181,18 @@ class ReversedAttention(TokenMixer):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _reversed(
-        self, x: torch.Tensor, message: torch.Tensor | None, need_dependency: bool
+        self,
+        x: torch.Tensor,
+        message: torch.Tensor | None,
+        need_dependency: bool,
+        keep: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``keep (B, N)`` (True = real token): padded tokens are no parent and send no message."""
         b, n, _ = x.shape
         q, k, v = split_heads(self.qkv(x), 3 * self.num_heads).chunk(3, dim=1)
         scores = (q * self.scale) @ k.transpose(-1, -2)  # (B, h, child j, parent i)
+        if keep is not None:
+            scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
         reverse = scores.softmax(dim=-1).transpose(-1, -2)  # (B, h, parent i, child j), sums to 1 over i
         if capturing():
             record(reverse, scores.transpose(-1, -2), kind="reversed")
@@ -195,6 +203,8 @@ class ReversedAttention(TokenMixer):
         if self.message_controller is not None:
             m = m * torch.sigmoid(self.message_controller(x)).squeeze(-1)
         gate = gate * m[:, None, :]  # (B, h, child j)
+        if keep is not None:
+            gate = gate * keep[:, None, :]
         drop = self.attn_drop if self.training else 0.0
         weights = F.dropout(reverse, drop) if drop else reverse
         out = weights @ (gate.unsqueeze(-1) * v)
@@ -202,8 +212,10 @@ class ReversedAttention(TokenMixer):
         dependency = (reverse * gate.unsqueeze(-2)).sum(dim=1) if need_dependency else None
         return out, m, dependency
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-        return self._reversed(x, None, need_dependency=False)[0]
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._reversed(x, None, need_dependency=False, keep=key_padding_mask)[0]
 
     def forward_tree(self, x: torch.Tensor, message: torch.Tensor | None = None) -> ReversedOutput:
         """One DependencyViT layer: mixed tokens, the updated cumulative message and ``A^M``.

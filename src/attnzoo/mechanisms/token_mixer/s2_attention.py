@@ -44,6 +44,9 @@ __all__ = ["ShiftedSparseAttention"]
         layouts=("BNC",),
         spatial_dims=1,
         causal=True,
+        key_padding="right",
+        key_padding_note="groups and sink tokens sit at absolute positions, which left padding would "
+        "shift; cyclic=True refuses masks (its wrapped last group depends on N)",
         ledger=(
             "Default (cyclic=False) follows SinkLoRA's SF-Attn (arXiv 2406.05678): attnzoo reads its "
             "'segmentation and reassembly' as a non-cyclic shift, so the shifted heads have partial first "
@@ -125,9 +128,16 @@ class ShiftedSparseAttention(TokenMixer):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         n = x.shape[1]
         g, shift = self.group_size, self.group_size // 2
+        if self.cyclic and key_padding_mask is not None:
+            raise ValueError(
+                "key_padding_mask cannot be honoured with cyclic=True: the wrapped last group joins the "
+                "first and last G/2 positions of the padded length, not of each sequence"
+            )
         if self.cyclic and n % g:
             raise ValueError(f"cyclic=True needs N divisible by group_size={g}, got N={n}")
         q, k, v = split_heads(self.qkv(x), 3 * self.num_heads).chunk(3, dim=1)
@@ -137,6 +147,7 @@ class ShiftedSparseAttention(TokenMixer):
             "num_sink": self.num_sink,
             "causal": self.causal,
             "dropout_p": self.attn_drop if self.training else 0.0,
+            "key_padding_mask": key_padding_mask,
         }
         plain = grouped_attention(q[:, :half], k[:, :half], v[:, :half], **kw)
         if self.cyclic:

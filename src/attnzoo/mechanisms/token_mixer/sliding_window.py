@@ -39,6 +39,8 @@ __all__ = ["SlidingWindowAttention"]
         layouts=("BNC",),
         spatial_dims=1,
         causal=True,
+        key_padding="edges",
+        key_padding_note="a mask with holes would shrink the windows of the tokens around each hole",
         ledger=(
             "window=w counts neighbours per side, self excluded: a query sees 2w+1 keys (w+1 causal); "
             "Longformer's 'window size w' is the total width (w/2 per side) and Mistral's W counts self, "
@@ -106,7 +108,9 @@ class SlidingWindowAttention(TokenMixer):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def compute(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    def compute(
+        self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         q, k, v = split_heads(self.qkv(x), 3 * self.num_heads).chunk(3, dim=1)
         out = sliding_window_attention(
             q,
@@ -116,5 +120,6 @@ class SlidingWindowAttention(TokenMixer):
             right=0 if self.causal else self.window,
             dropout_p=self.attn_drop if self.training else 0.0,
             block_size=self.block_size,
+            key_padding_mask=key_padding_mask,
         )
         return self.proj_drop(self.proj(merge_heads(out)))
