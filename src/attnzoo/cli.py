@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(
         f"  causal          {'yes' if c.causal else 'no'}; variable size {'yes' if c.variable_size else 'no'}"
     )
+    if c.family == "token_mixer":
+        print(f"  key padding     {attnzoo.families.key_padding_support(c)}")
     print(f"  benchmark cfg   {dict(c.bench)}")
     print(f"  arguments       attnzoo.create({c.name!r}, ...):")
     for a in constructor_arguments(c.name):
@@ -90,6 +93,52 @@ def _load_against(path: str) -> dict[str, Any]:
     return doc
 
 
+def _suite_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces a suite run, stated in its report."""
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    parts = [f"OMP_WAIT_POLICY={policy}"] if policy else []
+    parts += [f"attnzoo {args.command} --suite {args.suite}", "--full" if args.full else "--quick"]
+    if args.threads is not None:
+        parts.append(f"--threads {args.threads}")
+    if args.contenders:
+        parts.append(f"--contenders {args.contenders}")
+    if args.out:
+        parts.append(f"--out {args.out}")
+    return " ".join(parts)
+
+
+def _run_suite(args: argparse.Namespace) -> int:
+    """``--suite linear|sparse``: one in-process, interleaved comparison, written to a new run
+    folder under ``reports/<suite>/runs`` unless ``--out`` names the folder to replace."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    command = _suite_command(args)
+    if args.suite == "sparse":
+        from attnzoo.bench.sparse_report import write_sparse_outputs
+        from attnzoo.bench.sparse_suite import CONTENDERS, SPARSE_PRESETS, run_sparse_suite
+
+        config = SPARSE_PRESETS["full" if args.full else "quick"]
+        if args.contenders:
+            chosen = tuple(c.strip() for c in args.contenders.split(",") if c.strip())
+            if not chosen or set(chosen) - set(CONTENDERS):
+                raise SystemExit(f"--contenders {args.contenders}: choose from {', '.join(CONTENDERS)}")
+            config = dataclasses.replace(config, contenders=chosen)
+        doc = run_sparse_suite(config, progress=not args.no_progress)
+    else:
+        if args.contenders:
+            raise SystemExit(f"attnzoo {args.command}: --contenders belongs to --suite sparse")
+        from attnzoo.bench.linear_suite import run_linear_suite, write_linear_outputs
+
+        doc = run_linear_suite(
+            **({"naive_n": 1024, "reference_n": 1024, "scaling_ns": (1024, 4096)} if not args.full else {})
+        )
+    out = Path(args.out) if args.out else new_run_dir(Path("reports") / args.suite / "runs")
+    written = (write_sparse_outputs if args.suite == "sparse" else write_linear_outputs)(doc, out, command)
+    print((out / f"{args.suite}.md").read_text())
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from attnzoo.bench.report import compare_runs, summarise, write_plots, write_report
     from attnzoo.bench.runner import PRESETS, run_benchmarks
@@ -99,26 +148,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         backend = backend_from_args(args)
     except (ValueError, TypeError, ModuleNotFoundError) as exc:
         raise SystemExit(f"attnzoo {args.command}: {exc}") from exc
-    if backend is not None and (args.suite == "linear" or args.from_json):
+    if backend is not None and (args.suite != "mechanisms" or args.from_json):
         what = "--from re-renders without measuring" if args.from_json else (
-            "the linear suite is one comparison timed in one process, interleaved"
+            f"the {args.suite} suite is one comparison timed in one process, interleaved"
         )
         raise SystemExit(f"attnzoo {args.command}: --backend ray has nothing to distribute: {what}")
-    out = Path(args.out)
+    if args.suite != "mechanisms":
+        return _run_suite(args)
+    if args.contenders:
+        raise SystemExit(f"attnzoo {args.command}: --contenders belongs to --suite sparse")
+    out = Path(args.out or args.default_out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.suite == "linear":
-        from attnzoo.bench.linear_suite import run_linear_suite, suite_markdown
-
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        result = run_linear_suite(
-            **({"naive_n": 1024, "reference_n": 1024, "scaling_ns": (1024, 4096)} if not args.full else {})
-        )
-        (out / "linear.json").write_text(json.dumps(result, indent=1))
-        text = suite_markdown(result)
-        (out / "linear.md").write_text(text)
-        print(text)
-        return 0
     if args.from_json:
         doc = json.loads(Path(args.from_json).read_text())
     else:
@@ -219,7 +259,11 @@ def _add_bench_args(p: argparse.ArgumentParser, default_out: str) -> None:
     preset.add_argument("--full", action="store_true", help="full sweeps, forward and backward")
     p.add_argument("--only", help="comma-separated mechanism names")
     p.add_argument("--family", choices=FAMILIES)
-    p.add_argument("--out", default=default_out, help="output directory (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        help=f"output directory (default: {default_out}; --suite linear/sparse: a new folder under "
+        "reports/<suite>/runs, since --out replaces the folder's earlier report)",
+    )
     p.add_argument("--against", help="earlier bench.json to compare with (ratios, regressions)")
     p.add_argument("--from", dest="from_json", help="re-render an existing bench.json instead of measuring")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: preset)")
@@ -232,13 +276,18 @@ def _add_bench_args(p: argparse.ArgumentParser, default_out: str) -> None:
     )
     p.add_argument(
         "--suite",
-        choices=["mechanisms", "linear"],
+        choices=["mechanisms", "linear", "sparse"],
         default="mechanisms",
-        help="mechanisms (default: every registered mechanism) or linear (chunked vs naive linear-attention "
-        "kernels and their scaling; --full for N up to 32K)",
+        help="mechanisms (default: every registered mechanism), linear (chunked vs naive linear-attention "
+        "kernels and their scaling; --full for N up to 32K) or sparse (the sparse softmax kernels "
+        "against compiled FlexAttention, NATTEN and masked SDPA; --full for the committed sweep)",
+    )
+    p.add_argument(
+        "--contenders",
+        help="--suite sparse: comma-separated subset of attnzoo,flex,natten,sdpa (default: all)",
     )
     add_backend_args(p)
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(func=_cmd_bench, default_out=default_out)
 
 
 def build_parser() -> argparse.ArgumentParser:

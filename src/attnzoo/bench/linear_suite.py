@@ -24,16 +24,20 @@ load average before and after the run is recorded with the result.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from attnzoo.bench.measure import MemoryProbe, time_call
+from attnzoo.bench.measure import MemoryProbe, time_interleaved
 from attnzoo.kernels.linear import linear_attention_chunked, linear_attention_recurrent
 from attnzoo.mechanisms.token_mixer.based import BasedAttention
+from attnzoo.runs import replace_outputs
 
 __all__ = [
     "GATES",
@@ -42,7 +46,10 @@ __all__ = [
     "quadratic_decay_reference",
     "run_linear_suite",
     "suite_markdown",
+    "write_linear_outputs",
 ]
+
+OUTPUTS = ("linear.json", "linear.md")
 
 GATES = ("none", "per_head", "per_key")
 
@@ -128,6 +135,10 @@ def _peak_mib(fn: Any) -> float:
     return probe.peak_mb()
 
 
+def _slope(ns: tuple[int, ...], times: list[float]) -> float:
+    return float(np.polyfit(np.log(ns), np.log(times), 1)[0]) if len(ns) > 1 else math.nan
+
+
 def run_linear_suite(
     *,
     heads: int = 8,
@@ -137,98 +148,118 @@ def run_linear_suite(
     scaling_ns: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384, 32768),
     based: dict[str, int] | None = None,
     repeats: int = 5,
-    budget_s: float = 20.0,
+    gemm_n: int = 2048,
 ) -> dict[str, Any]:
-    """Measure the suite; returns a JSON-ready dict (times in ms, medians; memory in MiB).
+    """Measure the suite; returns a JSON-ready dict (times in ms: minimum and median over
+    ``repeats`` interleaved rounds; memory in MiB).
 
     ``heads x dim`` is the per-head shape of the kernel comparisons (batch 1, fp32); ``based`` the
     :class:`BasedAttention` configuration of the Based comparison (default: its card's bench config,
-    ``dim=128, num_heads=1, feature_dim=16``).
+    ``dim=128, num_heads=1, feature_dim=16``); ``gemm_n`` the size of the reference GEMM.
     """
     based = {"dim": 128, "num_heads": 1, "feature_dim": 16} if based is None else based
+    gemm_a, gemm_b = torch.randn(gemm_n, gemm_n), torch.randn(gemm_n, gemm_n)
     out: dict[str, Any] = {
         "shape": {"batch": 1, "heads": heads, "head_dim": dim},
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "repeats": repeats,
         "load_average_before": list(os.getloadavg()),
+        "gemm": {"n": gemm_n, "gflops": []},
         "naive_vs_chunked": [],
         "references": [],
         "scaling": [],
     }
-    kw = {"warmup": 1, "repeats": repeats, "budget_s": budget_s}
 
-    def median(fn: Any) -> float:
-        return time_call(fn, **kw)["median"]
+    def interleaved(fns: dict[Any, Callable[[], Any]]) -> dict[Any, dict[str, float]]:
+        timing = time_interleaved({**fns, "gemm": lambda: gemm_a @ gemm_b}, warmup=1, repeats=repeats)
+        out["gemm"]["gflops"].append(2 * gemm_n**3 / (timing.pop("gemm")["min"] * 1e-3) / 1e9)
+        return timing
 
-    def timed(fn: Any, x: dict[str, Any], **extra: Any) -> float:
-        return median(lambda: fn(x["q"], x["k"], x["v"], log_gate=x["log_gate"], **extra))
+    def kernel(fn: Any, x: dict[str, Any], **extra: Any) -> Callable[[], Any]:
+        return lambda: fn(x["q"], x["k"], x["v"], log_gate=x["log_gate"], **extra)
 
-    def reference_row(name: str, algorithm: str, n: int, ref_ms: float, ours_ms: float) -> dict[str, Any]:
+    def reference_row(
+        name: str, algorithm: str, ref: dict[str, float], ours: dict[str, float]
+    ) -> dict[str, Any]:
         return {
             "reference": name,
             "algorithm": algorithm,
-            "n": n,
-            "reference_ms": ref_ms,
-            "attnzoo_ms": ours_ms,
-            "speedup": ref_ms / ours_ms,
+            "n": reference_n,
+            "reference_ms": ref["min"],
+            "attnzoo_ms": ours["min"],
+            "reference_median_ms": ref["median"],
+            "attnzoo_median_ms": ours["median"],
+            "speedup": ref["min"] / ours["min"],
         }
 
     with torch.no_grad():
+        xs = {gate: _inputs(naive_n, gate, heads=heads, dim=dim) for gate in GATES}
+        fns: dict[Any, Callable[[], Any]] = {}
+        for gate, x in xs.items():
+            fns["naive", gate] = kernel(linear_attention_recurrent, x)
+            fns["chunked", gate] = kernel(linear_attention_chunked, x)
+        t = interleaved(fns)
         for gate in GATES:
-            x = _inputs(naive_n, gate, heads=heads, dim=dim)
-            naive = timed(linear_attention_recurrent, x)
-            chunked = timed(linear_attention_chunked, x)
+            naive, chunked = t["naive", gate], t["chunked", gate]
             out["naive_vs_chunked"].append(
                 {
                     "gate": gate,
                     "n": naive_n,
-                    "naive_ms": naive,
-                    "chunked_ms": chunked,
-                    "speedup": naive / chunked,
+                    "naive_ms": naive["min"],
+                    "chunked_ms": chunked["min"],
+                    "naive_median_ms": naive["median"],
+                    "chunked_median_ms": chunked["median"],
+                    "speedup": naive["min"] / chunked["min"],
                 }
             )
-        x = _inputs(reference_n, "per_head", heads=heads, dim=dim)
-        out["references"].append(
+        xl = _inputs(reference_n, "per_head", heads=heads, dim=dim)
+        xg = _inputs(reference_n, "per_key", heads=heads, dim=dim)
+        module = BasedAttention(**based).eval()
+        xb = torch.randn(1, reference_n, based["dim"], generator=torch.Generator().manual_seed(0))
+        t = interleaved(
+            {
+                "lightning_ref": lambda: quadratic_decay_reference(xl["q"], xl["k"], xl["v"], xl["slopes"]),
+                "lightning": kernel(linear_attention_chunked, xl),
+                "gla_ref": lambda: naive_gla_loop_reference(xg["q"], xg["k"], xg["v"], xg["log_gate"]),
+                "gla": kernel(linear_attention_chunked, xg, scale=dim**-0.5),
+                "based_ref": lambda: based_cumsum_reference(module, xb),
+                "based": lambda: module(xb),
+            }
+        )
+        out["references"] += [
             reference_row(
                 "Lightning Attention (torch reference)",
                 "quadratic masked-decay form, N x N mask built per call",
-                reference_n,
-                median(lambda: quadratic_decay_reference(x["q"], x["k"], x["v"], x["slopes"])),
-                timed(linear_attention_chunked, x),
-            )
-        )
-        x = _inputs(reference_n, "per_key", heads=heads, dim=dim)
-        out["references"].append(
+                t["lightning_ref"],
+                t["lightning"],
+            ),
             reference_row(
-                "ViG naive_recurrent_gla",
-                "Python loop over tokens, per-key gates",
-                reference_n,
-                median(lambda: naive_gla_loop_reference(x["q"], x["k"], x["v"], x["log_gate"])),
-                timed(linear_attention_chunked, x, scale=dim**-0.5),
-            )
-        )
-        module = BasedAttention(**based).eval()
-        xb = torch.randn(1, reference_n, based["dim"], generator=torch.Generator().manual_seed(0))
+                "ViG naive_recurrent_gla", "Python loop over tokens, per-key gates", t["gla_ref"], t["gla"]
+            ),
+        ]
         row = reference_row(
             "Zoology Based (train_view='linear')",
             "d^2-wide Taylor features, cumsum over a (B, h, N, D, d_v) tensor",
-            reference_n,
-            median(lambda: based_cumsum_reference(module, xb)),
-            median(lambda: module(xb)),
+            t["based_ref"],
+            t["based"],
         )
         row["config"] = dict(based)
         out["references"].append(row)
+        fns = {}
         for gate in GATES:
-            medians = [
-                timed(linear_attention_chunked, _inputs(n, gate, heads=heads, dim=dim)) for n in scaling_ns
-            ]
-            slope = (
-                float(np.polyfit(np.log(scaling_ns), np.log(medians), 1)[0])
-                if len(scaling_ns) > 1
-                else math.nan
-            )
+            for n in scaling_ns:
+                fns[gate, n] = kernel(linear_attention_chunked, _inputs(n, gate, heads=heads, dim=dim))
+        t = interleaved(fns)
+        for gate in GATES:
+            mins = [t[gate, n]["min"] for n in scaling_ns]
             out["scaling"].append(
-                {"gate": gate, "n": list(scaling_ns), "chunked_ms": medians, "exponent": slope}
+                {
+                    "gate": gate,
+                    "n": list(scaling_ns),
+                    "chunked_ms": mins,
+                    "exponent": _slope(scaling_ns, mins),
+                }
             )
         # memory last: the probe switches the allocator to mmap for large blocks, which slows later timings
         row["reference_mib"] = _peak_mib(lambda: based_cumsum_reference(module, xb))
@@ -237,15 +268,21 @@ def run_linear_suite(
     return out
 
 
-def suite_markdown(result: dict[str, Any]) -> str:
-    """The suite's result as Markdown tables."""
+def suite_markdown(result: dict[str, Any], command: str | None = None) -> str:
+    """The suite's result as Markdown tables (``command``: the command line stated in the report)."""
     s = result["shape"]
     load = ", ".join(f"{a:.2f}" for a in result["load_average_before"] + result["load_average_after"])
+    gemm = result["gemm"]
+    rates = f"{min(gemm['gflops']):.0f}-{max(gemm['gflops']):.0f}"
     lines = [
         "# Linear-attention kernels",
         "",
+        *([f"Command: `{command}`.", ""] if command else []),
         f"batch {s['batch']}, {s['heads']} heads x {s['head_dim']}, fp32, forward, "
-        f"{result['threads']} thread(s), torch {result['torch']}; medians; all reference forms are "
+        f"{result['threads']} thread(s), torch {result['torch']}. Each table is timed interleaved: one "
+        f"untimed call each, then {result['repeats']} rounds calling every entry of the table and a "
+        f"{gemm['n']}x{gemm['n']} fp32 GEMM once in turn; times are the minimum over the rounds, speed-ups "
+        f"ratios of minima. The GEMM ran at {rates} GFLOP/s over the three tables. All reference forms are "
         "attnzoo's own re-creations of the algorithms the official references use, timed in the same run. "
         f"Load average (1, 5, 15 min) before and after: {load}.",
         "",
@@ -277,3 +314,13 @@ def suite_markdown(result: dict[str, Any]) -> str:
         cells = " | ".join(f"{t:.1f}" for t in r["chunked_ms"])
         lines.append(f"| {r['gate']} | {cells} | {r['exponent']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def write_linear_outputs(result: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
+    """Write ``linear.json`` and ``linear.md`` (stating ``command``) to ``out_dir``; returns them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "linear.json").write_text(json.dumps({**result, "command": command}, indent=1))
+    (out_dir / "linear.md").write_text(suite_markdown(result, command))
+    written = [out_dir / name for name in OUTPUTS]
+    replace_outputs(out_dir, written, OUTPUTS)
+    return written

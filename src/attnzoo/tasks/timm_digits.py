@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import attnzoo
-from attnzoo.bench.measure import count_flops
+from attnzoo.bench.measure import count_flops, time_interleaved
 from attnzoo.bench.runner import machine_metadata
 from attnzoo.tasks.catalog import get_task
 from attnzoo.tasks.data import TaskData
@@ -228,21 +228,6 @@ def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[],
     return step
 
 
-def _interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Wall time (ms) of every ``fns`` entry: ``warmup`` untimed calls each, then ``repeats`` rounds
-    that call each once in turn; min, median and runs."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append((time.perf_counter() - t0) * 1e3)
-    return {k: {"min": min(v), "median": statistics.median(v), "runs": len(v)} for k, v in times.items()}
-
-
 def _digits() -> TaskData:
     return _standardised(get_task("digits").generate("cpu"))
 
@@ -311,7 +296,7 @@ def _measure(
     fns: dict[str, Callable[[], Any]] = {label: _step_fn(m, x, y) for label, m in models.items()}
     a, b = torch.randn(GEMM_N, GEMM_N), torch.randn(GEMM_N, GEMM_N)
     fns["gemm"] = lambda: a @ b
-    timing = _interleaved(fns, config.timing_warmup, config.timing_repeats)
+    timing = time_interleaved(fns, warmup=config.timing_warmup, repeats=config.timing_repeats)
     for row in rows:
         model = models[row["label"]]
         row["params"] = sum(p.numel() for p in model.parameters())
