@@ -1,4 +1,5 @@
-"""Worker functions for the sequence-parallel tests, run in spawned processes (gloo, float64).
+"""Ring, linear and shard/gather scenarios of the sequence-parallel tests, run in spawned processes
+(gloo, float64; tests/distributed/_harness.py runs them).
 
 Every rank builds the same full tensors from a fixed seed, computes the single-process reference
 itself, runs the distributed path on its shard and asserts that its outputs and gradients equal
@@ -10,10 +11,8 @@ so the sum of the per-rank losses is the single-process loss ``sum(out * w)``.
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 
 import pytest
 import torch
@@ -31,24 +30,6 @@ from attnzoo.kernels.linear import linear_attention_recurrent
 
 B, H, N_LOCAL, DK, DV = 2, 2, 3, 4, 5
 F64 = torch.float64
-
-
-def run(rank: int, world: int, port: int, scenarios: list[str]) -> None:
-    """``torch.multiprocessing.spawn`` entry point: join a gloo group and run ``scenarios`` in order
-    (one process group for all of them: starting processes dominates the cost of these tests)."""
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
-    try:
-        for name in scenarios:
-            try:
-                {**SCENARIOS, **HARNESS_CHECKS}[name](rank, world)
-            except (Exception, pytest.fail.Exception) as err:
-                raise AssertionError(f"scenario {name!r} failed on rank {rank} of {world}") from err
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def _full(*dims: int, seed: int) -> torch.Tensor:

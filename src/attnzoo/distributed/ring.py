@@ -67,7 +67,7 @@ class _RingAttention(torch.autograd.Function):
                 )
                 out, lse = (o, s) if out is None else merge_partials(out, lse, o, s)
             if step + 1 < world:
-                wait_all(works)
+                wait_all(works, group)
                 k_cur, v_cur = k_next, v_next
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.causal, ctx.scale, ctx.group = causal, scale, group
@@ -109,9 +109,9 @@ class _RingAttention(torch.autograd.Function):
             if world > 1:
                 # the block's gradient accumulators move on with it; after W hops they are home
                 (dk_cur, dv_cur), grad_works = ring_shift([dk_cur, dv_cur], group, tag=_GRAD_TAG)
-                wait_all(grad_works)
+                wait_all(grad_works, group)
             if step + 1 < world:
-                wait_all(kv_works)
+                wait_all(kv_works, group)
                 k_cur, v_cur = k_next, v_next
         return dq.to(q.dtype), dk_cur.to(k.dtype), dv_cur.to(v.dtype), None, None, None
 

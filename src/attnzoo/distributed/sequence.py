@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from attnzoo.checks import check_tensor
-from attnzoo.distributed._comm import agree, all_gather, group_info
+from attnzoo.distributed._comm import agree, all_gather, group_info, guarded
 
 __all__ = ["gather_sequence", "shard_sequence"]
 
@@ -56,7 +56,8 @@ class _Shard(torch.autograd.Function):
     ) -> tuple[torch.Tensor, None, None]:
         grad = grad.contiguous()
         parts = [torch.empty_like(grad) for _ in range(dist.get_world_size(ctx.group))]
-        dist.all_gather(parts, grad, group=ctx.group)
+        with guarded("the backward of shard_sequence (all_gather)", ctx.group):
+            dist.all_gather(parts, grad, group=ctx.group)
         return torch.cat(parts, dim=ctx.dim), None, None
 
 
