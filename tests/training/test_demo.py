@@ -20,6 +20,10 @@ def test_demo_writes_a_new_run_folder_and_states_its_command(tmp_path: Path):
     report = (folders[0] / "report.md").read_text()
     assert "python -m attnzoo.training.demo --quick --methods baseline,at,vat" in report
     assert doc["command"] in report
+    meta = doc["meta"]
+    assert {"attnzoo", "torch", "python", "load_before", "load_after", "date"} <= set(meta)
+    assert f"load average {meta['load_before'][0]:.2f} before, {meta['load_after'][0]:.2f} after" in report
+    assert f"attnzoo {meta['attnzoo']}, torch {meta['torch']}" in report
     assert {r["method"] for r in doc["runs"]} == {"baseline", "at", "vat"}
     for method in ("at", "vat"):
         trials = [s for s in doc["selection"] if s["method"] == method]
@@ -88,3 +92,14 @@ def test_claims_say_where_the_numbers_disagree_with_the_papers():
     assert ": agrees" in pearson[0] and ": disagrees" in pearson[1]
     assert lines[-1].startswith("- iAT depends less on epsilon than AT (AT paper): agrees, ")
     assert "0.050 (iAT) vs 0.200 (AT)" in lines[-1]
+
+
+def test_one_seed_gives_no_verdict():
+    doc = {
+        "config": {"methods": ["baseline", "at"], "eps_grid": [1.0]},
+        "runs": [_run("baseline", 0, 0.90, 0.1), _run("at", 0, 0.95, 0.3)],
+        "selection": [{"method": "at", "epsilon": 1.0, "val_accuracy": 0.9}],
+    }
+    lines = claims(doc)
+    assert len(lines) == 4
+    assert all(": inconclusive (one seed: no noise estimate), " in line for line in lines)

@@ -16,8 +16,11 @@ new folder under ``--runs`` unless ``--out`` names one (which is then replaced):
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
+import os
+import platform
 import shlex
 import statistics
 import sys
@@ -263,7 +266,7 @@ def _run(cfg: DemoConfig, progress: bool) -> dict[str, Any]:
                 )
         return cache[key]
 
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()
     chosen: dict[str, float] = {"baseline": 0.0}
     selection = []
     for method in cfg.methods:
@@ -283,7 +286,16 @@ def _run(cfg: DemoConfig, progress: bool) -> dict[str, Any]:
         "chosen_epsilon": {m: chosen[m] for m in cfg.methods},
         "selection": selection,
         "runs": runs,
-        "meta": {"torch": torch.__version__, "seconds_total": time.perf_counter() - start},
+        "meta": {
+            "attnzoo": attnzoo.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_before": list(load_before),
+            "load_after": list(os.getloadavg()),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds_total": time.perf_counter() - start,
+        },
     }
 
 

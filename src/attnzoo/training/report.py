@@ -30,11 +30,12 @@ def _cell(values: list[float]) -> str:
 def _compare(doc: dict[str, Any], method: str, key: str, higher: bool) -> str:
     """``agrees`` / ``disagrees`` with the claim that ``method`` beats the baseline on ``key`` (means
     over seeds), or ``inconclusive`` when the gap is at most the larger of the two seed standard
-    deviations; then the numbers."""
+    deviations or when either side has one seed (no noise estimate); then the numbers."""
     a, b = _values(doc, method, key), _values(doc, "baseline", key)
     diff = statistics.fmean(a) - statistics.fmean(b)
-    spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
-    if abs(diff) <= spread:
+    if min(len(a), len(b)) < 2:
+        verdict = "inconclusive (one seed: no noise estimate)"
+    elif abs(diff) <= max(statistics.stdev(a), statistics.stdev(b)):
         verdict = "inconclusive (within seed noise)"
     else:
         verdict = "agrees" if (diff > 0) == higher else "disagrees"
@@ -81,11 +82,14 @@ def report_markdown(doc: dict[str, Any], command: str) -> str:
     that made it."""
     cfg = doc["config"]
     chosen = ", ".join(f"{m} {e:g}" for m, e in doc["chosen_epsilon"].items() if m != "baseline")
+    meta = doc["meta"]
     lines = [
         f"# Attention AT / iAT / VAT on digits ({cfg['mechanism']} ViTTiny)",
         "",
-        f"Made by `{command}` in {doc['meta']['seconds_total'] / 60:.1f} min "
-        f"(torch {doc['meta']['torch']}, {cfg['threads']} thread(s), CPU).",
+        f"Made by `{command}` in {meta['seconds_total'] / 60:.1f} min on {meta['date']} (attnzoo "
+        f"{meta['attnzoo']}, torch {meta['torch']}, Python {meta['python']}, {cfg['threads']} thread(s) on "
+        f"{meta['cpus']} CPUs; 1-minute load average {meta['load_before'][0]:.2f} before, "
+        f"{meta['load_after'][0]:.2f} after: train s is wall time on a shared machine).",
         "",
         f"- Seeds {', '.join(map(str, cfg['seeds']))}; {cfg['steps']} AdamW steps of batch "
         f"{cfg['batch_size']}, lr {cfg['lr']} (warm-up {cfg['warmup']}, cosine), weight decay "
