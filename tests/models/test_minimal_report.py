@@ -4,6 +4,7 @@ is chosen on the validation split (never the test split) and that bad arguments 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,8 @@ def test_report_selects_on_validation_and_states_its_command(tmp_path: Path) -> 
     assert {r["split"] for r in doc["selection"]} == {"val"} and {r["split"] for r in doc["test"]} == {"test"}
     assert {r["seed"] for r in doc["selection"]} == {0}
     for task, info in doc["tasks"].items():
-        tiny = get_task(task).preset("tiny")
-        assert info["val"] + info["train_used"] == tiny.num_train
+        data = get_task(task).generate("tiny", seed=0)
+        assert (info["train_used"], info["val"]) == (data.size("train"), data.size("val"))
         assert info["budget"]["steps"] == {"digits": 4, "listops": 3}[task]
     tasks, variants = ("digits", "listops"), ("standard", "minimal")
     configs = {(t, v, m) for t in tasks for v in variants for m in (True, False)}
@@ -52,19 +53,17 @@ def test_report_selects_on_validation_and_states_its_command(tmp_path: Path) -> 
     assert "**validation**" in report and "| digits | minimal, no MLP |" in report
 
 
-def test_split_holds_out_a_fixed_part_of_the_training_split() -> None:
+def test_split_measures_the_task_s_validation_or_test_split() -> None:
     data = get_task("digits").generate("tiny")
     on_val, on_test = split(data, "val"), split(data, "test")
-    assert torch.equal(on_val.train["images"], on_test.train["images"])
+    assert torch.equal(on_val.train["images"], data.train["images"])
+    assert torch.equal(on_test.train["images"], data.train["images"])
+    assert torch.equal(on_val.test["images"], data.val["images"])
     assert torch.equal(on_test.test["images"], data.test["images"])
-    fit, val = on_val.train["images"].flatten(1), on_val.test["images"].flatten(1)
-    n = data.size("train")
-    assert fit.shape[0] + val.shape[0] == n and val.shape[0] == round(0.2 * n)
-    rows = {tuple(r.tolist()) for r in data.train["images"].flatten(1)}
-    assert {tuple(r.tolist()) for r in torch.cat([fit, val])} == rows
-    assert torch.equal(split(data, "val").test["images"], on_val.test["images"])
     with pytest.raises(ValueError, match="evaluate_on"):
         split(data, "train")
+    with pytest.raises(ValueError, match="no validation split"):
+        split(replace(data, val=None), "val")
 
 
 def test_bench_parameters_match_the_parameter_table() -> None:

@@ -11,7 +11,8 @@ import pytest
 import attnzoo
 from attnzoo.tasks import TASKS, bench_latency, markdown_table, pareto_front, run_eval, write_results
 from attnzoo.tasks.cli import add_eval_parser, parse_mechanism_kwargs
-from attnzoo.tasks.report import selected_runs, summarise
+from attnzoo.tasks.report import selected_runs, selection_split, summarise
+from attnzoo.tasks.selection import sweep_table
 
 _MECHANISM = {"sequence": "mhsa", "image": "mhsa", "mil": "attention_mil"}
 
@@ -30,6 +31,11 @@ def test_every_task_runs_end_to_end(task: str) -> None:
     assert run["status"] == "ok", run.get("error")
     assert run["steps_run"] == 3 and 0.0 <= run["final_accuracy"] <= 1.0
     assert doc["task"]["budget"]["steps"] == 3 and doc["task"]["seeds"] == [0]
+    assert doc["task"]["selection"] == "validation" and doc["task"]["data"]["num_val"] > 0
+    (last,) = run["history"]  # eval_every > 3: one evaluation, at the end
+    assert {"val_loss", "val_accuracy", "test_accuracy"} <= last.keys() and "accuracy" not in last
+    assert run["selected_step"] == 3 and run["val_accuracy"] == last["val_accuracy"]
+    assert run["test_accuracy"] == last["test_accuracy"] == run["final_accuracy"]
 
 
 def test_digits_with_feature_map_attention_uses_the_cnn() -> None:
@@ -43,7 +49,8 @@ def test_softmax_attention_solves_tiny_mqar() -> None:
     doc = run_eval("mqar", ["mhsa"], preset="tiny", progress=False)
     run = doc["runs"][0]
     assert run["target_reached_at"] is not None, run["history"]
-    assert run["best_accuracy"] >= 0.99 and run["steps_run"] == run["target_reached_at"] <= 200
+    assert run["val_accuracy"] >= 0.99 and run["steps_run"] == run["target_reached_at"] <= 200
+    assert run["selected_step"] == run["steps_run"] and run["test_accuracy"] >= 0.97
 
 
 def test_runs_repeat_exactly_and_errors_do_not_abort() -> None:
@@ -58,16 +65,45 @@ def test_runs_repeat_exactly_and_errors_do_not_abort() -> None:
         progress=False,
         overrides={"mhsa": {"num_heads": 5}},
     )
-    errors = [r["error"] for r in doc["runs"]]
-    assert "cannot build mechanism 'mhsa' at width 32" in errors[0]
-    assert "is a feature_map" in errors[1]
+    (error,) = [r["error"] for r in doc["runs"]]  # se is refused before training, not an error
+    assert "cannot build mechanism 'mhsa' at width 32" in error
+    assert "is a feature_map" in doc["task"]["refused"]["se"]
     with pytest.raises(ValueError, match="unknown task"):
         run_eval("nope", ["mhsa"])
     with pytest.raises(ValueError, match=r"unknown backbone setting\(s\) \['short_conv'\]"):
         run_eval("digits", ["mhsa"], preset="tiny", model={"short_conv": 3})
 
 
-def _doc() -> dict:
+def _scores(acc: float, old: bool) -> dict:
+    """The accuracy fields of a successful run: ``acc`` on validation and test (older documents:
+    the best test accuracy), with a two-evaluation history."""
+    if old:
+        return {
+            "best_accuracy": acc,
+            "final_accuracy": acc,
+            "history": [
+                {"step": 10, "loss": 1.0, "accuracy": acc / 2, "seconds": 0.5},
+                {"step": 20, "loss": 0.5, "accuracy": acc, "seconds": 1.0},
+            ],
+        }
+    return {
+        "val_accuracy": acc,
+        "val_loss": 1 - acc,
+        "test_accuracy": acc,
+        "selected_step": 20,
+        "final_val_accuracy": acc,
+        "final_accuracy": acc,
+        "history": [
+            {"step": 10, "loss": 1.0, "val_loss": 1.0, "val_accuracy": acc / 2, "test_accuracy": acc / 2,
+             "seconds": 0.5},
+            {"step": 20, "loss": 0.5, "val_loss": 1 - acc, "val_accuracy": acc, "test_accuracy": acc,
+             "seconds": 1.0},
+        ],
+    }  # fmt: skip
+
+
+def _doc(old: bool = False) -> dict:
+    """A results document (``old``: one written before the validation splits)."""
     runs = [
         {
             "mechanism": n,
@@ -76,36 +112,34 @@ def _doc() -> dict:
             "status": "ok",
             "backbone": "CausalLM",
             "params": 10,
-            "best_accuracy": acc,
-            "final_accuracy": acc,
             "target_reached_at": hit,
             "train_seconds": 1.0,
             "steps_run": 20,
             "budget": {"lr": 0.003},
-            "history": [
-                {"step": 10, "loss": 1.0, "accuracy": acc / 2, "seconds": 0.5},
-                {"step": 20, "loss": 0.5, "accuracy": acc, "seconds": 1.0},
-            ],
+            **_scores(acc, old),
         }
         for n, acc, hit in (("mhsa", 1.0, 20), ("linear_attention", 0.4, None), ("based", 0.9, None))
     ]
-    runs.append({"mechanism": "gla", "family": "token_mixer", "seed": 0, "status": "error", "error": "boom"})
-    return {
-        "meta": {"torch": "x", "threads": 1, "date": "today"},
-        "task": {
-            "name": "mqar",
-            "kind": "sequence",
-            "summary": "s",
-            "preset": "cpu",
-            "data": {},
-            "model": {},
-            "budget": {"target": 0.99},
-            "seq_len": 64,
-            "chance": 0.01,
-            "seeds": [0],
-        },
-        "runs": runs,
+    runs.append(
+        {"mechanism": "gla", "family": "token_mixer", "seed": 0, "status": "error", "error": "boom",
+         "budget": {"lr": 0.003}}
+    )  # fmt: skip
+    task = {
+        "name": "mqar",
+        "kind": "sequence",
+        "summary": "s",
+        "preset": "cpu",
+        "data": {},
+        "model": {},
+        "budget": {"target": 0.99},
+        "seq_len": 64,
+        "chance": 0.01,
+        "seeds": [0],
     }
+    if not old:
+        task.update(selection="validation", mechanisms=["mhsa", "linear_attention", "based", "gla", "vig"],
+                    refused={"vig": "mechanism 'vig' works on 2-D inputs"})  # fmt: skip
+    return {"meta": {"torch": "x", "threads": 1, "date": "today"}, "task": task, "runs": runs}
 
 
 def _bench() -> dict:
@@ -136,19 +170,46 @@ def test_report_table_pareto_and_files(tmp_path: Path) -> None:
     assert bench_latency(bench, "gla", 64) is None
     assert pareto_front([("a", 1.0, 0.5), ("b", 2.0, 0.9), ("c", 3.0, 0.8), ("d", 1.0, 0.4)]) == ["a", "b"]
     table = markdown_table(_doc(), bench)
-    assert "| `mhsa` | token_mixer | CausalLM | 10 | 1.000 | 1.000 | 1/1, 20 | 1.0 | 4.000 @ 256 |" in table
+    head = "| params | test acc | val acc | final test acc | reached 0.99 on val (runs, median step) |"
+    assert head in table
+    mhsa = "| `mhsa` | token_mixer | CausalLM | 10 | 1.000 | 1.000 | 1.000 | 1/1, 20 | 1.0 | 4.000 @ 256 |"
+    assert mhsa in table
     assert "| `gla` | token_mixer | – | – | error |" in table
     paths = write_results(_doc(), tmp_path, bench)
     assert {p.name for p in paths} == {"results.json", "report.md", "accuracy.png", "pareto.png"}
     report = (tmp_path / "report.md").read_text()
     assert "Pareto front (latency vs accuracy): mhsa, linear_attention, based" in report and "boom" in report
+    assert "**Learning rates and checkpoints chosen on the validation split**" in report
+    assert "- selection split: validation" in report and "older protocol" not in report
+    refused = "## Mechanisms that cannot run this task\n\n- `vig` (asked for): mechanism 'vig' works on 2-D"
+    assert refused in report
+    assert "| `mhsa` | 0 | **1.000 / 1.000 @ 20** |" in report and "| `gla` | 0 | failed |" in report
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["summary"][0]["fwd_ms"] == 4.0
+    assert saved["summary"][0]["fwd_ms"] == 4.0 and saved["summary"][0]["selection"] == "validation"
+    assert saved["summary"][0]["test_accuracy"] == saved["summary"][0]["best_accuracy"] == 1.0
     assert {p.name for p in write_results(_doc(), tmp_path / "nobench")} == {
         "results.json",
         "report.md",
         "accuracy.png",
     }
+
+
+def test_an_older_document_renders_and_says_it_chose_on_test(tmp_path: Path) -> None:
+    old = _doc(old=True)
+    assert selection_split(old) == "test" and selection_split(_doc()) == "validation"
+    table = markdown_table(old)
+    assert "| best test acc | final test acc | reached 0.99 on test (runs, median step) |" in table
+    assert "| `mhsa` | token_mixer | CausalLM | 10 | 1.000 | 1.000 | 1/1, 20 | 1.0 |" in table
+    write_results(old, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "**Learning rates chosen on the test split (older protocol)**" in report
+    assert "- selection split: test" in report and "| `based` | 0 | **0.900 (20 steps)** |" in report
+    assert "cannot run this task (from today's registry: this document predates the list)" in report
+    assert "- `vig`: mechanism 'vig' works on 2-D inputs; this backbone feeds 1-D inputs" in report
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["task"]["selection"] == "test" and selection_split(saved) == "test"
+    with pytest.raises(ValueError, match=r"task\.selection must be one of"):
+        selection_split({"task": {"selection": "train"}, "runs": []})
 
 
 def test_trained_backbone_latency_feeds_the_table_and_pareto_plot(tmp_path: Path) -> None:
@@ -157,10 +218,10 @@ def test_trained_backbone_latency_feeds_the_table_and_pareto_plot(tmp_path: Path
     )
     lat = doc["latency"]
     assert (lat["batch_size"], lat["seq_len"]) == (32, doc["task"]["seq_len"])
-    assert set(lat["fwd_ms"]) == {"mhsa", "based"}  # se failed to build: nothing to time
+    assert set(lat["fwd_ms"]) == {"mhsa", "based"}  # se cannot run the task: nothing to time
     assert all(t["median"] > 0 and t["runs"] >= 1 for t in lat["fwd_ms"].values())
     rows = {r["mechanism"]: r for r in summarise(doc)}
-    assert rows["mhsa"]["fwd_ms"] == lat["fwd_ms"]["mhsa"]["median"] and rows["se"]["fwd_ms"] is None
+    assert rows["mhsa"]["fwd_ms"] == lat["fwd_ms"]["mhsa"]["median"] and "se" not in rows
     table = markdown_table(doc)
     assert "fwd ms (model, batch 32)" in table
     assert f"| {lat['fwd_ms']['based']['median']:.2f} |" in table
@@ -176,60 +237,98 @@ def test_trained_backbone_latency_feeds_the_table_and_pareto_plot(tmp_path: Path
     assert "one batch of 32 test examples, " in (tmp_path / "digits" / "report.md").read_text()
 
 
-def _sweep_run(seed: int, lr: float, acc: float, hit: int | None, status: str = "ok") -> dict:
-    run = {
-        "mechanism": "based",
-        "family": "token_mixer",
-        "seed": seed,
-        "status": status,
-        "budget": {"lr": lr},
-    }
+def _sweep_run(
+    seed: int, lr: float, val: float, test: float, val_loss: float = 0.5, hit: int | None = None,
+    status: str = "ok",
+) -> dict:
+    """A run of the ``based`` sweep with validation accuracy ``val`` and test accuracy ``test`` at
+    its chosen step (``status="error"``: a failed run)."""
+    run = {"mechanism": "based", "family": "token_mixer", "seed": seed, "status": status}
+    run["budget"] = {"lr": lr}
     if status != "ok":
         return {**run, "error": f"diverged at {lr}"}
     return {
         **run,
         "backbone": "CausalLM",
         "params": 10,
-        "best_accuracy": acc,
-        "final_accuracy": acc,
+        "val_accuracy": val,
+        "val_loss": val_loss,
+        "test_accuracy": test,
+        "selected_step": 20,
+        "final_val_accuracy": val,
+        "final_accuracy": test,
         "target_reached_at": hit,
         "train_seconds": lr * 1000,
         "steps_run": 20,
-        "history": [{"step": 20, "loss": 0.5, "accuracy": acc, "seconds": 1.0}],
-    }
+        "history": [
+            {"step": 20, "loss": 0.5, "val_loss": val_loss, "val_accuracy": val, "test_accuracy": test,
+             "seconds": 1.0}
+        ],
+    }  # fmt: skip
 
 
-def test_learning_rate_sweep_keeps_each_seeds_best_run(tmp_path: Path) -> None:
+def _sweep_doc(runs: list[dict]) -> dict:
     doc = _doc()
     doc["task"].update(
-        seeds=[0, 1], lrs=[0.001, 0.003, 0.01], budget={"steps": 20, "lr": 0.003, "target": 0.99}
+        seeds=[0, 1, 2], lrs=[0.001, 0.003, 0.01], budget={"steps": 20, "lr": 0.003, "target": 0.99},
+        mechanisms=["based"], refused={},
+    )  # fmt: skip
+    doc["runs"] = runs
+    return doc
+
+
+def test_learning_rates_are_chosen_on_validation_and_ties_break_by_loss_then_lower_rate(
+    tmp_path: Path,
+) -> None:
+    doc = _sweep_doc(
+        [
+            _sweep_run(0, 0.001, 0.50, 0.99),  # best on test, not chosen
+            _sweep_run(0, 0.003, 0.90, 0.80, hit=None),  # best on validation: chosen
+            _sweep_run(0, 0.01, 0.85, 0.95),
+            _sweep_run(1, 0.001, 1.00, 0.97, val_loss=0.20, hit=900),
+            _sweep_run(1, 0.003, 1.00, 0.99, val_loss=0.10, hit=400),  # tie on accuracy, lower loss
+            _sweep_run(1, 0.01, 0.0, 0.0, status="error"),
+            _sweep_run(2, 0.001, 0.60, 0.61),  # exact tie: the lower rate
+            _sweep_run(2, 0.003, 0.60, 0.70),
+            _sweep_run(2, 0.01, 0.60, 0.70),
+        ]
     )
-    doc["runs"] = [
-        _sweep_run(0, 0.001, 0.5, None),
-        _sweep_run(0, 0.003, 1.0, 900),
-        _sweep_run(0, 0.01, 1.0, 400),  # same accuracy, target reached earlier: chosen
-        _sweep_run(1, 0.001, 0.2, None),  # the only successful run of seed 1
-        _sweep_run(1, 0.003, 0.0, None, status="error"),
-        _sweep_run(1, 0.01, 0.0, None, status="error"),
-    ]
-    chosen = selected_runs(doc)
-    assert [(r["seed"], r["budget"]["lr"]) for r in chosen] == [(0, 0.01), (1, 0.001)]
+    chosen = [(r["seed"], r["budget"]["lr"]) for r in selected_runs(doc)]
+    assert chosen == [(0, 0.003), (1, 0.003), (2, 0.001)]
     (row,) = summarise(doc)
-    assert row["runs"] == 2 and row["ok"] == 2 and row["errors"] == [] and row["failed_runs"] == 2
-    assert row["best_accuracy"] == pytest.approx(0.6) and row["worst_accuracy"] == pytest.approx(0.2)
-    assert row["lrs"] == [0.01, 0.001] and row["reached"] == 1 and row["steps_to_target"] == 400
+    assert row["selection"] == "validation" and row["ok"] == 3 and row["failed_runs"] == 1
+    assert row["test_accuracy"] == pytest.approx((0.80 + 0.99 + 0.61) / 3)
+    assert row["val_accuracy"] == pytest.approx((0.90 + 1.00 + 0.60) / 3)
+    assert row["worst_test_accuracy"] == pytest.approx(0.61) and row["lrs"] == [0.003, 0.003, 0.001]
+    assert row["reached"] == 1 and row["steps_to_target"] == 400
     table = markdown_table(doc)
-    assert "| worst seed | final acc | lr (per seed) |" in table
-    assert (
-        "| `based` | token_mixer | CausalLM | 10 | 0.600 ± 0.400 | 0.200 | 0.600 | 0.01, 0.001 | 1/2, 400 |"
-        in table
-    )
+    assert "| worst seed | val acc | final test acc | lr (per seed, chosen on validation) |" in table
+    assert "| `based` | token_mixer | CausalLM | 10 | 0.800 ± 0.155 | 0.610 | 0.833 | 0.800 |" in table
     write_results(doc, tmp_path)
     report = (tmp_path / "report.md").read_text()
-    assert "2 run(s) of the sweep failed" in report and "--lrs 0.001,0.003,0.01" in report
-    doc["runs"] = doc["runs"][4:]  # seed 1 failed at every rate: its errors are shown
+    assert "| seed | lr 0.001: val / test acc @ step | lr 0.003: val / test acc @ step |" in report
+    assert "| `based` | 0 | 0.500 / 0.990 @ 20 | **0.900 / 0.800 @ 20** | 0.850 / 0.950 @ 20 |" in report
+    assert "| `based` | 1 | 1.000 / 0.970 @ 20 | **1.000 / 0.990 @ 20** | failed |" in report
+    assert "| `based` | 2 | **0.600 / 0.610 @ 20** | 0.600 / 0.700 @ 20 | 0.600 / 0.700 @ 20 |" in report
+    assert "1 run(s) of the sweep failed" in report and "--lrs 0.001,0.003,0.01" in report
+    doc["runs"] = [r for r in doc["runs"] if r["status"] != "ok"]  # a seed that failed at every rate
     (row,) = summarise(doc)
-    assert row["ok"] == 0 and row["errors"] == ["diverged at 0.003", "diverged at 0.01"]
+    assert row["ok"] == 0 and row["errors"] == ["diverged at 0.01"]
+
+
+def test_an_older_sweep_keeps_each_seeds_best_test_run() -> None:
+    def old(seed: int, lr: float, acc: float, hit: int | None) -> dict:
+        run = _sweep_run(seed, lr, acc, acc, hit=hit)
+        for key in ("val_accuracy", "val_loss", "test_accuracy", "selected_step", "final_val_accuracy"):
+            run.pop(key)
+        return {**run, "best_accuracy": acc, "history": [{"step": 20, "loss": 0.5, "accuracy": acc}]}
+
+    doc = _sweep_doc([old(0, 0.001, 0.5, None), old(0, 0.003, 1.0, 900), old(0, 0.01, 1.0, 400)])
+    del doc["task"]["selection"]
+    assert selection_split(doc) == "test"
+    (chosen,) = selected_runs(doc)  # same best test accuracy: the earlier target
+    assert chosen["budget"]["lr"] == 0.01
+    assert "| `based` | 0 | 0.500 (20 steps) | 1.000 (20 steps) | **1.000 (20 steps)** |" in sweep_table(doc)
 
 
 def test_run_eval_sweeps_learning_rates() -> None:

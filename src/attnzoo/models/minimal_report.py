@@ -4,11 +4,10 @@
 Every attention variant of the ``minimal_attention`` card's ``bench["variants"]`` is trained with and
 without the blocks' MLP on each task's preset backbone (``attnzoo eval``'s), by
 :func:`attnzoo.tasks.runner.train_one` in a :class:`attnzoo.tasks.jobs.LocalPool` of ``--jobs``
-processes. A fixed 20% of each seed's training split is held out for validation; the learning rate of
-each (task, variant, MLP) is the one of ``--lrs`` with the best validation accuracy at the end of
+processes. The learning rate of each (task, variant, MLP) is the one of ``--lrs`` with the best
+accuracy on the task's validation split (:class:`attnzoo.tasks.data.TaskData` ``val``) at the end of
 training of the first seed; every seed then trains at it and reports its test accuracy at the end of
-training. (``attnzoo eval`` keeps each seed's learning rate *and* checkpoint by test accuracy, so its
-sweep is not used.) Parameters are counted as ``attnzoo bench`` counts them. Writes ``results.json``
+training. Parameters are counted as ``attnzoo bench`` counts them. Writes ``results.json``
 and ``README.md`` to a new folder under ``--runs`` unless ``--out`` names one (then replaced)::
 
     python -m attnzoo.models.minimal_report --jobs 2 --out reports/minimal
@@ -49,8 +48,6 @@ TASKS: tuple[str, ...] = ("digits", "listops")
 STEPS = {"cpu": {"digits": 300, "listops": 150}, "tiny": {"digits": 30, "listops": 100}}
 """Steps per preset and task: ``cpu`` runs digits 300 of its preset's 600 and listops 150 of 2000 (the
 report took 25 min with two jobs on two cores at load average ~7); ``tiny`` runs its presets' budgets."""
-VAL_FRACTION = 0.2
-VAL_SEED = 20241017
 PRODUCED: tuple[str, ...] = ("results.json", "README.md")
 PROG = "attnzoo.models.minimal_report"
 
@@ -98,16 +95,13 @@ def _check(cfg: ReportConfig) -> None:
 
 
 def split(data: TaskData, evaluate_on: str) -> TaskData:
-    """``data`` with a fixed :data:`VAL_FRACTION` of its training split held out: trains on the
-    rest and measures (its ``test`` split) the held-out ``"val"`` part or the real ``"test"`` split."""
+    """``data`` measured (as its ``test`` split) on the task's validation split (``"val"``) or on its
+    test split (``"test"``); it trains on the task's training split either way."""
     if evaluate_on not in ("val", "test"):
         raise ValueError(f"evaluate_on must be 'val' or 'test', got {evaluate_on!r}")
-    n = data.size("train")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
-    n_val = max(1, round(n * VAL_FRACTION))
-    val, fit = order[:n_val], order[n_val:]
-    measured = {k: v[val] for k, v in data.train.items()} if evaluate_on == "val" else data.test
-    return replace(data, train={k: v[fit] for k, v in data.train.items()}, test=measured)
+    if data.val is None:
+        raise ValueError(f"task data of {data.config} has no validation split")
+    return replace(data, test=data.val if evaluate_on == "val" else data.test)
 
 
 def _train_job(
@@ -279,14 +273,13 @@ def report_markdown(doc: dict[str, Any], command: str) -> str:
         f"- Budget: AdamW steps {steps} (the presets' batch size, warm-up, cosine decay and weight decay); "
         f"seeds {', '.join(map(str, cfg['seeds']))}.",
         "- Data: " + "; ".join(
-            f"{t}: {info['train_used']} training examples, {info['val']} validation examples held out of "
-            f"the training split (fixed), {info['data']['num_test']} test examples"
+            f"{t}: {info['train_used']} training examples, {info['val']} validation examples (the task's "
+            f"validation split), {info['data']['num_test']} test examples"
             for t, info in doc["tasks"].items()
         ) + ".",
         f"- Learning rate: chosen from {cfg['lrs']} by **validation** accuracy at the end of training of "
         f"seed {cfg['seeds'][0]} (ties: the smaller rate); the test split chose nothing. Reported: test "
-        "accuracy at the end of training, mean ± standard deviation over seeds. (`attnzoo eval`'s sweep "
-        "keeps each seed's best learning rate and checkpoint by test accuracy; it is not used here.)",
+        "accuracy at the end of training, mean ± standard deviation over seeds.",
         "",
         "## Parameters",
         "",

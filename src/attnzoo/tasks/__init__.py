@@ -15,10 +15,11 @@ from attnzoo.tasks.report import (
     markdown_table,
     pareto_front,
     repeat_command,
+    selection_split,
     summarise,
     write_results,
 )
-from attnzoo.tasks.runner import build_model, evaluate, run_eval, train_one
+from attnzoo.tasks.runner import build_model, evaluate, measure, run_eval, train_one
 
 __all__ = [
     "IGNORE",
@@ -33,9 +34,11 @@ __all__ = [
     "get_task",
     "list_tasks",
     "markdown_table",
+    "measure",
     "pareto_front",
     "repeat_command",
     "run_eval",
+    "selection_split",
     "summarise",
     "train_one",
     "write_results",

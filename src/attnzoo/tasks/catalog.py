@@ -3,7 +3,9 @@
 Every task is generated (or read from data shipped inside a package), seeded, and needs no
 download. A preset fixes the data, the backbone size and the training budget, so every
 mechanism evaluated on a preset gets the same data, the same number of steps, the same batch
-size and the same learning rate.
+size and the same learning rates. Every task has a train, a validation and a test split
+(:mod:`attnzoo.tasks.make`): validation chooses each run's checkpoint and each (mechanism, seed)'s
+learning rate, test only scores the choice.
 
 =====================  =========  ======================================  =================
 task                   kind       what is scored                           backbone
@@ -26,10 +28,12 @@ preset, so the comparison isolates the mixer.
 followed by one block of the mechanism, no position embeddings, the output head tied to the token
 embedding. Data: vocabulary 1024, 16 pairs in 64 tokens, 20K training sequences. Budget: 1500
 steps of batch 64 (warm-up 50, cosine), stopping at 0.99, with Zoology's protocol of a
-learning-rate sweep per mechanism and seed (1e-3, 3e-3, 1e-2; the best run is reported). Card
+learning-rate sweep per mechanism and seed (1e-3, 3e-3, 1e-2; the run of best validation accuracy is
+reported). Card
 ``bench`` configurations: mhsa 4 heads, linear_attention 8 heads (state 576), based 1 head with
-feature_dim 16 (state 17,745). Measured with ``attnzoo eval mqar --seeds 0,1,2 --jobs 2`` (best
-test accuracy of each seed's best learning rate, and the step reaching 0.99; chance 1/512):
+feature_dim 16 (state 17,745). Measured with ``attnzoo eval mqar --seeds 0,1,2 --jobs 2`` before
+the tasks had validation splits (older protocol: the best test accuracy of each seed's learning rate
+of best test accuracy, and the step reaching 0.99; chance 1/512):
 
 ================  ==================  ==================  ==================
 mechanism         seed 0              seed 1              seed 2
@@ -65,15 +69,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from attnzoo.tasks.data import TaskData
-from attnzoo.tasks.digits import digit_bags, digits_split
-from attnzoo.tasks.listops import LISTOPS_VOCAB, listops
+from attnzoo.tasks.make import check_seed, make_digits, make_listops, make_mil, make_recall
 from attnzoo.tasks.recall import associative_recall, induction_heads, multiquery_ar, selective_copying
 
 __all__ = ["TASKS", "Budget", "Preset", "TaskSpec", "check_lrs", "get_task", "list_tasks"]
-
-_TEST_SEED_OFFSET = 1_000_003
-"""Test data is drawn with ``seed + offset`` so train and test sets are independent draws."""
-
 
 @dataclass(frozen=True)
 class Budget:
@@ -85,8 +84,9 @@ class Budget:
         lr: peak AdamW learning rate (linear warm-up, cosine decay to 0 over ``steps``).
         weight_decay: AdamW weight decay.
         warmup: warm-up steps.
-        eval_every: evaluate on the test set every this many steps (and at the end).
-        target: stop once the test metric reaches it (``None``: never stop early).
+        eval_every: evaluate on the validation and test splits every this many steps (and at
+            the end).
+        target: stop once the validation metric reaches it (``None``: never stop early).
     """
 
     steps: int
@@ -129,8 +129,11 @@ class Preset:
         model: backbone arguments (``width``, ``depth``, ``mlp_ratio``, ...).
         budget: the training budget.
         lrs: learning rates swept for every mechanism and seed, each run under ``budget`` with
-            its ``lr`` replaced; the report keeps each (mechanism, seed)'s best run, Zoology's
-            protocol. Empty: one run at ``budget.lr``.
+            its ``lr`` replaced; the report keeps each (mechanism, seed)'s run of best validation
+            accuracy (Zoology's sweep, chosen on validation instead of test). Empty: one run at
+            ``budget.lr``.
+        num_val: validation examples (or bags); ``None``: as many as ``num_test`` (digits: at
+            most its held-out part of the training split).
     """
 
     data: dict[str, Any]
@@ -139,9 +142,14 @@ class Preset:
     model: dict[str, Any]
     budget: Budget
     lrs: tuple[float, ...] = ()
+    num_val: int | None = None
 
     def __post_init__(self) -> None:
         check_lrs(self.lrs)
+        if self.num_val is not None and (
+            isinstance(self.num_val, bool) or not isinstance(self.num_val, int) or self.num_val <= 0
+        ):
+            raise ValueError(f"num_val must be a positive int or None, got {self.num_val!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +168,10 @@ class TaskSpec:
     default_preset: str = "cpu"
 
     def generate(self, preset: str | None = None, *, seed: int = 0) -> TaskData:
-        """Generate the data of ``preset`` (default: :attr:`default_preset`) with ``seed``."""
+        """Generate the data of ``preset`` (default: :attr:`default_preset`) with ``seed`` (an int in
+        ``[0, 1_000_003)``, see :func:`attnzoo.tasks.make.check_seed`): train, validation and test
+        splits (:mod:`attnzoo.tasks.make`)."""
+        check_seed(seed)
         return self.make(self.preset(preset), seed)
 
     def preset(self, name: str | None = None) -> Preset:
@@ -169,87 +180,6 @@ class TaskSpec:
         if key not in self.presets:
             raise ValueError(f"task {self.name!r} has no preset {key!r}; presets: {', '.join(self.presets)}")
         return self.presets[key]
-
-
-def _make_recall(name: str, fn: Callable[..., Any], train_kwargs: dict[str, Any] | None = None):
-    def make(preset: Preset, seed: int) -> TaskData:
-        extra = train_kwargs or {}
-        tr_tok, tr_tgt = fn(preset.num_train, **preset.data, **extra, seed=seed)
-        te_tok, te_tgt = fn(preset.num_test, **preset.data, seed=seed + _TEST_SEED_OFFSET)
-        vocab = preset.data["vocab_size"]
-        return TaskData(
-            name,
-            "sequence",
-            {"tokens": tr_tok, "targets": tr_tgt},
-            {"tokens": te_tok, "targets": te_tgt},
-            meta={"vocab_size": vocab, "seq_len": tr_tok.shape[1], "chance": _chance(name, preset.data)},
-            config={**preset.data, **extra, "num_train": preset.num_train, "num_test": preset.num_test},
-        )
-
-    return make
-
-
-def _chance(name: str, data: dict[str, Any]) -> float:
-    v = data["vocab_size"]
-    if name == "mqar":
-        return 1.0 / (v - v // 2)
-    if name == "associative_recall":
-        return 1.0 / (v - 2 - (v - 2) // 2)
-    if name == "induction_heads":
-        return 1.0 / (v - 1)
-    return 1.0 / (v - 2)
-
-
-def _make_listops(preset: Preset, seed: int) -> TaskData:
-    tr_tok, tr_tgt = listops(preset.num_train, **preset.data, seed=seed)
-    te_tok, te_tgt = listops(preset.num_test, **preset.data, seed=seed + _TEST_SEED_OFFSET)
-    return TaskData(
-        "listops",
-        "sequence",
-        {"tokens": tr_tok, "targets": tr_tgt},
-        {"tokens": te_tok, "targets": te_tgt},
-        meta={"vocab_size": len(LISTOPS_VOCAB), "seq_len": tr_tok.shape[1], "chance": 0.1},
-        config={**preset.data, "num_train": preset.num_train, "num_test": preset.num_test},
-    )
-
-
-def _make_digits(preset: Preset, seed: int) -> TaskData:
-    x_tr, x_te, y_tr, y_te = digits_split()
-    if preset.num_train < x_tr.shape[0]:
-        x_tr, y_tr = x_tr[: preset.num_train], y_tr[: preset.num_train]
-    if preset.num_test < x_te.shape[0]:
-        x_te, y_te = x_te[: preset.num_test], y_te[: preset.num_test]
-    return TaskData(
-        "digits",
-        "image",
-        {"images": x_tr, "labels": y_tr},
-        {"images": x_te, "labels": y_te},
-        meta={"image_shape": tuple(x_tr.shape[1:]), "num_classes": 10, "seq_len": 16, "chance": 0.1},
-        config={
-            "source": "sklearn.datasets.load_digits",
-            "split": "stratified 25% test per class, RandomState(0)",
-            "num_train": int(x_tr.shape[0]),
-            "num_test": int(x_te.shape[0]),
-        },
-    )
-
-
-def _make_mil(preset: Preset, seed: int) -> TaskData:
-    x_tr, x_te, y_tr, y_te = digits_split()
-    tr = digit_bags(x_tr, y_tr, preset.num_train, **preset.data, seed=seed)
-    te = digit_bags(x_te, y_te, preset.num_test, **preset.data, seed=seed + _TEST_SEED_OFFSET)
-    return TaskData(
-        "mil_digits",
-        "mil",
-        {"bags": tr[0], "mask": tr[1], "labels": tr[2]},
-        {"bags": te[0], "mask": te[1], "labels": te[2]},
-        meta={
-            "image_shape": tuple(x_tr.shape[1:]),
-            "seq_len": int(preset.data.get("mean_bag_size", 10)),
-            "chance": float(max(te[2].float().mean(), 1 - te[2].float().mean())),
-        },
-        config={**preset.data, "num_train": preset.num_train, "num_test": preset.num_test},
-    )
 
 
 _LM_TINY = {"width": 32, "depth": 2, "mlp_ratio": 0.0}
@@ -286,7 +216,7 @@ TASKS: dict[str, TaskSpec] = {
             "sequence",
             "Zoology multi-query associative recall; accuracy over the query positions",
             ("token_mixer",),
-            _make_recall("mqar", multiquery_ar),
+            make_recall("mqar", multiquery_ar),
             {
                 "tiny": Preset(
                     {"vocab_size": 32, "seq_len": 16, "num_kv_pairs": 2},
@@ -316,7 +246,7 @@ TASKS: dict[str, TaskSpec] = {
             "sequence",
             "H3 associative recall; accuracy of the final value",
             ("token_mixer",),
-            _make_recall("associative_recall", associative_recall, {"score_all": True}),
+            make_recall("associative_recall", associative_recall, {"score_all": True}),
             _recall_presets({"vocab_size": 12, "seq_len": 16}, {"vocab_size": 30, "seq_len": 64}),
         ),
         TaskSpec(
@@ -324,7 +254,7 @@ TASKS: dict[str, TaskSpec] = {
             "sequence",
             "H3 induction heads; accuracy of the token after the final trigger",
             ("token_mixer",),
-            _make_recall("induction_heads", induction_heads, {"score_all": True}),
+            make_recall("induction_heads", induction_heads, {"score_all": True}),
             _recall_presets({"vocab_size": 12, "seq_len": 16}, {"vocab_size": 20, "seq_len": 64}),
         ),
         TaskSpec(
@@ -332,7 +262,7 @@ TASKS: dict[str, TaskSpec] = {
             "sequence",
             "Mamba selective copying; accuracy over the marker positions",
             ("token_mixer",),
-            _make_recall("selective_copying", selective_copying),
+            make_recall("selective_copying", selective_copying),
             _recall_presets(
                 {"vocab_size": 8, "seq_len": 16, "num_tokens": 4},
                 {"vocab_size": 16, "seq_len": 64, "num_tokens": 8},
@@ -343,7 +273,7 @@ TASKS: dict[str, TaskSpec] = {
             "sequence",
             "mini-ListOps (LRA grammar, MIN/MAX/MED/SM, short expressions); accuracy of the value",
             ("token_mixer",),
-            _make_listops,
+            make_listops,
             {
                 "tiny": Preset(
                     {"min_len": 4, "max_len": 24, "max_depth": 3, "max_args": 4},
@@ -366,7 +296,7 @@ TASKS: dict[str, TaskSpec] = {
             "image",
             "sklearn 8x8 handwritten digits, fixed split; classification accuracy",
             ("token_mixer", "feature_map"),
-            _make_digits,
+            make_digits,
             {
                 "tiny": Preset(
                     {},
@@ -377,7 +307,7 @@ TASKS: dict[str, TaskSpec] = {
                 ),
                 "cpu": Preset(
                     {},
-                    1347,
+                    1078,
                     450,
                     {"width": 64, "depth": 2, "mlp_ratio": 2.0, "patch_size": 2, "cnn_widths": (16, 32)},
                     Budget(steps=600, batch_size=64, lr=3e-3, eval_every=50, target=None),
@@ -389,7 +319,7 @@ TASKS: dict[str, TaskSpec] = {
             "mil",
             "bags of 8x8 digits, positive iff a 9 is present, size ~ Normal(10, 2); bag accuracy",
             ("pooling",),
-            _make_mil,
+            make_mil,
             {
                 "tiny": Preset(
                     {"mean_bag_size": 6.0, "std_bag_size": 2.0},

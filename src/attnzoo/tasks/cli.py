@@ -14,6 +14,12 @@ Examples::
     attnzoo eval mqar --seeds 0,1,2 --resume reports/eval/runs/mqar/20261207-061500  # after a kill
     attnzoo eval mqar --seeds 0,1,2 --jobs 2 --backend ray --ray-address auto       # on a Ray cluster
 
+Every task has a validation split (generated from its own seed, or held out of the digits'
+training split): it chooses each run's checkpoint and each (mechanism, seed)'s learning rate, and
+the report shows the test accuracy of that choice, the whole sweep (validation and test per rate)
+and the mechanisms that cannot run the task with the reason. ``--from`` re-renders older documents,
+which chose on test, and says so.
+
 Results go to a new folder under ``--runs`` (default ``reports/eval/runs/<task>/<UTC time>``) unless
 ``--out`` names one: the committed reports change only when asked. Every finished run is journaled
 (``runs.jsonl`` in the output folder) as it lands; ``--resume FOLDER`` continues an interrupted eval
@@ -36,7 +42,7 @@ import attnzoo
 from attnzoo.runs import new_run_dir, replace_outputs
 from attnzoo.tasks.catalog import TASKS, get_task
 from attnzoo.tasks.jobs import JOURNAL, JobFailedError, add_backend_args, backend_from_args
-from attnzoo.tasks.report import PRODUCED, markdown_table, write_results
+from attnzoo.tasks.report import PRODUCED, markdown_table, selection_split, write_results
 from attnzoo.tasks.runner import run_eval
 
 __all__ = ["add_eval_parser", "parse_mechanism_kwargs"]
@@ -127,6 +133,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     paths = write_results(doc, out, bench)
     replace_outputs(out, paths, PRODUCED)
     print(markdown_table(doc, bench))
+    for name, why in doc["task"]["refused"].items():
+        if name in doc["task"]["mechanisms"]:
+            print(f"{name}: not run: {why}")
     for run in doc["runs"]:
         if run["status"] != "ok":
             print(f"{run['mechanism']} (seed {run['seed']}): {run['error']}")
@@ -167,6 +176,8 @@ def _rerender(args: argparse.Namespace) -> int:
     paths = write_results(doc, out, bench)
     replace_outputs(out, paths, PRODUCED)
     print(markdown_table(doc, bench))
+    if selection_split(doc) == "test":
+        print(f"{src}: learning rates chosen on the test split (older protocol, before validation splits)")
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -196,8 +207,8 @@ def add_eval_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--lrs",
-        help="comma-separated learning rates to sweep per mechanism and seed; the best run is reported "
-        "(replaces the preset's sweep; '' turns it off)",
+        help="comma-separated learning rates to sweep per mechanism and seed; the run of best validation "
+        "accuracy is reported (replaces the preset's sweep; '' turns it off)",
     )
     p.add_argument(
         "--jobs",
@@ -205,7 +216,7 @@ def add_eval_parser(subparsers: Any) -> None:
         default=1,
         help="runs trained at once, each in its own process with threads/jobs threads (default: 1)",
     )
-    p.add_argument("--target", type=float, help="stop a run once test accuracy reaches this")
+    p.add_argument("--target", type=float, help="stop a run once validation accuracy reaches this")
     p.add_argument(
         "--mechanism-kwargs",
         action="append",

@@ -7,17 +7,20 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["IGNORE", "Split", "TaskData"]
+__all__ = ["IGNORE", "SPLITS", "Split", "TaskData"]
 
 IGNORE = -100
 """Target value of a position that is not scored (as in PyTorch's ``cross_entropy``)."""
 
 Split = dict[str, torch.Tensor]
 
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""Names of a task's splits."""
+
 
 @dataclass
 class TaskData:
-    """A generated task: a train and a test split of aligned tensors.
+    """A generated task: a train, a validation and a test split of aligned tensors.
 
     ``kind`` fixes the tensors of each split:
 
@@ -33,6 +36,8 @@ class TaskData:
         train / test: the splits.
         meta: sizes the backbone needs (``vocab_size``, ``seq_len``, ``num_classes``, ...).
         config: the generator arguments (recorded in results so a run can be repeated).
+        val: the validation split, which chooses learning rates and checkpoints in ``attnzoo eval``
+            (``None`` for data made elsewhere without one; :func:`attnzoo.tasks.train_one` needs it).
     """
 
     name: str
@@ -41,14 +46,26 @@ class TaskData:
     test: Split
     meta: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    val: Split | None = None
 
     def __post_init__(self) -> None:
-        for split_name, split in (("train", self.train), ("test", self.test)):
+        for split_name in SPLITS:
+            split = getattr(self, split_name)
+            if split is None:
+                continue
             lengths = {k: v.shape[0] for k, v in split.items()}
             if len(set(lengths.values())) != 1:
                 raise ValueError(f"{self.name} {split_name} split has misaligned tensors: {lengths}")
 
+    def split(self, name: str) -> Split:
+        """The tensors of split ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        tensors = getattr(self, name)
+        if tensors is None:
+            raise ValueError(f"split 'val': task data {self.name!r} has no validation split")
+        return tensors
+
     def size(self, split: str) -> int:
-        """Number of examples in ``split`` (``"train"`` or ``"test"``)."""
-        tensors = self.train if split == "train" else self.test
-        return next(iter(tensors.values())).shape[0]
+        """Number of examples in ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        return next(iter(self.split(split).values())).shape[0]

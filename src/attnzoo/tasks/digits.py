@@ -4,7 +4,9 @@ package, UCI ML optical recognition of handwritten digits): classification, and 
 The train/test split is fixed (stratified: 25 % of each class in the test set, drawn with
 ``numpy.random.RandomState(0)``) whatever the training seed, so results of different runs are
 comparable. Pixels are scaled from ``[0, 16]`` to
-``[0, 1]``.
+``[0, 1]``. A validation split is held out of the training split, also fixed whatever the seed
+(:func:`digits_holdout`: a random 20 % drawn with ``torch.Generator().manual_seed(20210621)``, the
+hold-out :mod:`attnzoo.training.demo` makes), so the test split is never used to choose anything.
 
 :func:`digit_bags` follows Ilse, Tomczak & Welling, "Attention-based Deep Multiple Instance
 Learning" (ICML 2018, arXiv:1802.04712): a bag's size is ``round-down(Normal(mean, std))``
@@ -21,7 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["digit_bags", "digits_split"]
+__all__ = ["VAL_FRACTION", "VAL_SEED", "digit_bags", "digits_holdout", "digits_split"]
+
+VAL_FRACTION = 0.2
+"""Share of the training split held out for validation."""
+VAL_SEED = 20210621
+"""Seed of the permutation that picks the validation images (the same whatever the run's seed)."""
 
 
 @lru_cache(maxsize=1)
@@ -48,6 +55,18 @@ def _load() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_train (1347, 1, 8, 8), x_test (450, 1, 8, 8), y_train, y_test)``, the fixed split."""
     return tuple(torch.from_numpy(a.copy()) for a in _load())  # type: ignore[return-value]
+
+
+def digits_holdout() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_fit (1078, 1, 8, 8), x_val (269, 1, 8, 8), y_fit, y_val)``: the training split of
+    :func:`digits_split` cut in two by a fixed permutation (:data:`VAL_SEED`), its first
+    ``round(VAL_FRACTION * 1347)`` images held out for validation, the rest (in permutation order)
+    trained on."""
+    x_train, _, y_train, _ = digits_split()
+    order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(VAL_SEED))
+    n_val = round(VAL_FRACTION * x_train.shape[0])
+    val, fit = order[:n_val], order[n_val:]
+    return x_train[fit], x_train[val], y_train[fit], y_train[val]
 
 
 def digit_bags(

@@ -2,7 +2,9 @@
 report with a README-ready table, and plots: accuracy over training, and accuracy against forward
 latency (a Pareto plot). The latency is that of the backbone as trained, timed by ``run_eval(latency=True)``
 (``attnzoo eval --latency``), or, when a ``bench.json`` is given, the benchmark's figure for the
-mechanism's card configuration."""
+mechanism's card configuration. Every report says which split chose its learning rates
+(:func:`selection_split`), shows the whole sweep, and lists the mechanisms that cannot run the task
+with the reason (:func:`refusals`)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,24 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from attnzoo.tasks.report_plots import pareto_front, plot_curves, plot_pareto
+from attnzoo.tasks.selection import (
+    reported_accuracy,
+    selected_runs,
+    selection_note,
+    selection_split,
+    sweep_table,
+)
+
 __all__ = [
     "PRODUCED",
     "bench_latency",
     "markdown_table",
     "pareto_front",
+    "refusals",
     "repeat_command",
     "selected_runs",
+    "selection_split",
     "summarise",
     "write_results",
 ]
@@ -40,33 +53,18 @@ def bench_latency(bench: dict[str, Any], name: str, n: int | None) -> tuple[floa
     return None
 
 
-def _run_key(run: dict[str, Any]) -> tuple[float, float]:
-    """Ranking of the runs of one (mechanism, seed): best accuracy, then the earlier target."""
-    reached = run["target_reached_at"]
-    return run["best_accuracy"], -(reached if reached is not None else math.inf)
-
-
-def selected_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs a report shows: per (mechanism, seed), in run order, the best of its learning-rate
-    sweep (highest best accuracy, then the earliest step reaching the target) when any run
-    succeeded, otherwise its failed runs. Without a sweep this is every run."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for run in doc["runs"]:
-        groups.setdefault((run["mechanism"], run["seed"]), []).append(run)
-    out = []
-    for runs in groups.values():
-        ok = [r for r in runs if r["status"] == "ok"]
-        out += [max(ok, key=_run_key)] if ok else runs
-    return out
-
-
 def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One row per mechanism (in run order), aggregated over seeds after picking each seed's best
-    learning rate (:func:`selected_runs`): mean best/final accuracy, their spread, the worst
-    seed, the chosen learning rates, runs reaching the target, median steps to the target,
-    params, train time (of the chosen runs) and, when the report has latencies (a ``bench``, or
-    the document's own from ``run_eval(latency=True)``; see :func:`_latency_source`), the
-    forward latency."""
+    """One row per mechanism (in run order), aggregated over seeds after picking each seed's
+    learning rate on :func:`selection_split`'s split (:func:`selected_runs`): the split
+    (``selection``), the mean reported test accuracy (``test_accuracy``: of each chosen run's
+    validation-chosen checkpoint; in older documents its best test accuracy), its spread and worst
+    seed, the mean validation accuracy of the chosen checkpoints (``None`` in older documents), the
+    mean final test accuracy, the chosen learning rates, runs reaching the target, median steps to
+    the target, params, train time (of the chosen runs) and, when the report has latencies (a
+    ``bench``, or the document's own from ``run_eval(latency=True)``; see :func:`_latency_source`),
+    the forward latency. ``best_accuracy`` / ``best_accuracy_std`` / ``worst_accuracy`` repeat the
+    reported test accuracy under the names the leaderboard reads."""
+    split = selection_split(doc)
     order: list[str] = []
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in selected_runs(doc):
@@ -89,29 +87,33 @@ def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[
             "mechanism": name,
             "family": runs[0]["family"],
             "backbone": ok[0]["backbone"] if ok else runs[0].get("backbone", "–"),
+            "selection": split,
             "runs": len({r["seed"] for r in runs}),
             "ok": len(ok),
             "errors": [r["error"] for r in runs if r["status"] != "ok"],
             "failed_runs": failed_sweep_runs.get(name, 0),
         }
         if ok:
-            best = [r["best_accuracy"] for r in ok]
+            test = [reported_accuracy(r, split) for r in ok]
+            hits = [r["target_reached_at"] for r in ok if r["target_reached_at"] is not None]
             row.update(
                 params=ok[0]["params"],
-                best_accuracy=statistics.fmean(best),
-                best_accuracy_std=statistics.pstdev(best) if len(best) > 1 else 0.0,
-                worst_accuracy=min(best),
+                test_accuracy=statistics.fmean(test),
+                test_accuracy_std=statistics.pstdev(test) if len(test) > 1 else 0.0,
+                worst_test_accuracy=min(test),
+                val_accuracy=(
+                    statistics.fmean(r["val_accuracy"] for r in ok) if split == "validation" else None
+                ),
                 final_accuracy=statistics.fmean(r["final_accuracy"] for r in ok),
                 lrs=[r["budget"]["lr"] for r in ok],
-                reached=sum(r["target_reached_at"] is not None for r in ok),
-                steps_to_target=(
-                    statistics.median(
-                        r["target_reached_at"] for r in ok if r["target_reached_at"] is not None
-                    )
-                    if any(r["target_reached_at"] is not None for r in ok)
-                    else None
-                ),
+                reached=len(hits),
+                steps_to_target=statistics.median(hits) if hits else None,
                 train_seconds=statistics.fmean(r["train_seconds"] for r in ok),
+            )
+            row.update(
+                best_accuracy=row["test_accuracy"],
+                best_accuracy_std=row["test_accuracy_std"],
+                worst_accuracy=row["worst_test_accuracy"],
             )
         if source == "bench":
             lat = bench_latency(bench, name, seq_len)
@@ -122,6 +124,22 @@ def summarise(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> list[
             row["bench_n"] = doc["latency"]["seq_len"]
         rows.append(row)
     return rows
+
+
+def refusals(doc: dict[str, Any]) -> tuple[dict[str, str], bool]:
+    """``({mechanism: why the task's backbone cannot host it}, recorded)``: the document's own list
+    (``recorded``), or, for a document that predates it, the list the current registry gives for the
+    task's families and the mechanisms it ran."""
+    task = doc["task"]
+    if "refused" in task:
+        return dict(task["refused"]), True
+    from attnzoo.tasks.backbones import task_refusals
+    from attnzoo.tasks.catalog import TASKS
+
+    spec = TASKS.get(task["name"])
+    families = spec.families if spec else sorted({r["family"] for r in doc["runs"]})
+    kind = task.get("kind") or (spec.kind if spec else "sequence")
+    return task_refusals(kind, families, [r["mechanism"] for r in doc["runs"]]), False
 
 
 def _latency_source(doc: dict[str, Any], bench: dict[str, Any] | None) -> str | None:
@@ -139,21 +157,28 @@ def _f(value: float | None, digits: int = 3) -> str:
 def markdown_table(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> str:
     """The README-ready Markdown table of :func:`summarise`.
 
-    With several seeds, "best acc" is the mean ± spread over seeds and "worst seed" the lowest;
-    with a learning-rate sweep, "lr" lists each seed's chosen rate.
+    "test acc" is the reported test accuracy (older documents: "best test acc"), with several seeds
+    the mean ± spread over seeds, and "worst seed" the lowest; "val acc" the mean validation
+    accuracy of the chosen checkpoints; with a learning-rate sweep, "lr" lists each seed's chosen
+    rate and the column header names the split that chose it.
     """
     rows = summarise(doc, bench)
+    split = selection_split(doc)
     target = doc["task"]["budget"].get("target")
     seeds = len(doc["task"].get("seeds", [])) > 1
     sweep = bool(doc["task"].get("lrs"))
-    cols = ["mechanism", "family", "backbone", "params", "best acc"]
+    acc = "test acc" if split == "validation" else "best test acc"
+    cols = ["mechanism", "family", "backbone", "params", acc]
     if seeds:
         cols.append("worst seed")
-    cols.append("final acc")
+    if split == "validation":
+        cols.append("val acc")
+    cols.append("final test acc")
     if sweep:
-        cols.append("lr (per seed)")
+        cols.append(f"lr (per seed, chosen on {split})")
     if target is not None:
-        cols.append(f"reached {target:g} (runs, median step)")
+        on = "val" if split == "validation" else "test"
+        cols.append(f"reached {target:g} on {on} (runs, median step)")
     cols.append("train s")
     source = _latency_source(doc, bench)
     if source == "bench":
@@ -167,12 +192,14 @@ def markdown_table(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> 
             cells += ["–"] * (len(cols) - len(cells))
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        acc = _f(r["best_accuracy"])
+        acc = _f(r["test_accuracy"])
         if r["runs"] > 1:
-            acc += f" ± {r['best_accuracy_std']:.3f}"
+            acc += f" ± {r['test_accuracy_std']:.3f}"
         cells = [f"`{r['mechanism']}`", r["family"], r["backbone"], f"{r['params']:,}", acc]
         if seeds:
-            cells.append(_f(r["worst_accuracy"]))
+            cells.append(_f(r["worst_test_accuracy"]))
+        if split == "validation":
+            cells.append(_f(r["val_accuracy"]))
         cells.append(_f(r["final_accuracy"]))
         if sweep:
             cells.append(", ".join(f"{lr:g}" for lr in r["lrs"]))
@@ -188,106 +215,11 @@ def markdown_table(doc: dict[str, Any], bench: dict[str, Any] | None = None) -> 
     return "\n".join(lines)
 
 
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Names on the Pareto front of ``(name, latency, accuracy)``: no other point is at least as
-    fast and at least as accurate while strictly better in one of the two."""
-    front = []
-    for name, lat, acc in points:
-        dominated = any(
-            (lo <= lat and ao >= acc) and (lo < lat or ao > acc) for n2, lo, ao in points if n2 != name
-        )
-        if not dominated:
-            front.append(name)
-    return front
-
-
-def _plot_curves(doc: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours: dict[str, Any] = {}
-    for run in selected_runs(doc):
-        if run["status"] != "ok":
-            continue
-        name = run["mechanism"]
-        label = None if name in colours else name
-        steps = [h["step"] for h in run["history"]]
-        accs = [h["accuracy"] for h in run["history"]]
-        (line,) = ax.plot(steps, accs, marker="o", ms=3, label=label, color=colours.get(name))
-        colours.setdefault(name, line.get_color())
-    target = doc["task"]["budget"].get("target")
-    if target is not None:
-        ax.axhline(target, color="grey", ls=":", lw=1)
-    chance = doc["task"].get("chance")
-    if chance is not None:
-        ax.axhline(chance, color="grey", ls="--", lw=0.8, label="chance")
-    t = doc["task"]
-    ax.set_title(f"{t['name']} ({t['preset']}): test accuracy over training")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_pareto(doc: dict[str, Any], rows: list[dict[str, Any]], path: Path, source: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    pts = [
-        (r["mechanism"], r["fwd_ms"], r["best_accuracy"])
-        for r in rows
-        if r.get("ok") and r.get("fwd_ms") is not None
-    ]
-    front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, lat, acc in pts:
-        ax.scatter([lat], [acc], s=30, color="tab:red" if name in front else "tab:blue", zorder=3)
-        ax.annotate(name, (lat, acc), fontsize=8, xytext=(4, 3), textcoords="offset points")
-    line = sorted((lat, acc) for name, lat, acc in pts if name in front)
-    if len(line) > 1:
-        ax.plot(
-            [p[0] for p in line], [p[1] for p in line], color="tab:red", lw=1, ls="--", label="Pareto front"
-        )
-        ax.legend(fontsize=8)
-    t = doc["task"]
-    ax.set_xscale("log")
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    if source == "bench":
-        n = t.get("seq_len")
-        ax.set_xlabel(f"forward latency, ms (attnzoo bench, card config, size closest to N={n})")
-    else:
-        lat = doc["latency"]
-        length = f" x N={lat['seq_len']}" if lat.get("seq_len") else ""
-        ax.set_xlabel(
-            f"forward latency, ms (backbone as trained, batch {lat['batch_size']}{length}, "
-            f"{lat['threads']} thread(s))"
-        )
-    ax.set_ylabel("best test accuracy")
-    ax.set_title(f"{t['name']} ({t['preset']}): quality vs cost")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return front
-
-
 def repeat_command(doc: dict[str, Any]) -> str:
     """The ``attnzoo eval`` command line that repeats the run recorded in ``doc``."""
     t = doc["task"]
     budget = t["budget"]
-    names: list[str] = []
+    names: list[str] = list(t.get("mechanisms", []))
     kwargs: dict[str, dict[str, Any]] = {}
     for run in doc["runs"]:
         if run["mechanism"] not in names:
@@ -323,17 +255,19 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     rows = summarise(doc, bench)
+    split = selection_split(doc)
     results = out_dir / "results.json"
-    results.write_text(json.dumps({**doc, "summary": rows}, indent=1))
+    task = {**doc["task"], "selection": split}
+    results.write_text(json.dumps({**doc, "task": task, "summary": rows}, indent=1))
     written.append(results)
     curves = out_dir / "accuracy.png"
-    _plot_curves(doc, curves)
+    plot_curves(doc, curves)
     written.append(curves)
     front: list[str] = []
     source = _latency_source(doc, bench)
     if source is not None:
         pareto = out_dir / "pareto.png"
-        front = _plot_pareto(doc, rows, pareto, source)
+        front = plot_pareto(doc, rows, pareto, source)
         written.append(pareto)
     t = doc["task"]
     m = doc["meta"]
@@ -342,15 +276,19 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
         "",
         f"{t['summary']}.",
         "",
+        selection_note(doc),
+        "",
         markdown_table(doc, bench),
         "",
+        f"- selection split: {split}",
         f"- data: `{json.dumps(t['data'])}`; chance accuracy {_f(t.get('chance'))}",
         f"- backbone: `{json.dumps(t['model'])}`",
         f"- budget (the same for every mechanism): `{json.dumps(t['budget'])}`",
         *(
             [
                 f"- learning rates swept for every mechanism and seed: {t['lrs']}; each (mechanism, seed) "
-                "shows its best run (Zoology's protocol); the plot shows those runs"
+                f"shows the run its {split} accuracy chose (Zoology's sweep); the plot shows those runs, "
+                "the sweep table below every run"
             ]
             if t.get("lrs")
             else []
@@ -383,6 +321,13 @@ def write_results(doc: dict[str, Any], out_dir: Path, bench: dict[str, Any] | No
     ]
     if swept:
         lines += ["", "## Failed sweep runs (not chosen)", "", *swept]
+    lines += ["", "## Learning-rate sweep", "", sweep_table(doc)]
+    refused, recorded = refusals(doc)
+    if refused:
+        origin = "" if recorded else " (from today's registry: this document predates the list)"
+        lines += ["", "## Mechanisms that cannot run this task" + origin, ""]
+        asked = set(t.get("mechanisms", []))
+        lines += [f"- `{n}`{' (asked for)' if n in asked else ''}: {why}" for n, why in refused.items()]
     lines += ["", "![accuracy over training](accuracy.png)"]
     if source is not None:
         lines.append("![accuracy vs latency](pareto.png)")

@@ -1,9 +1,12 @@
 """Train a backbone with a chosen mechanism on a task under a fixed budget and measure quality.
 
-One run = (task, preset, mechanism, seed). The seed fixes the data, the initialisation and the
-batch order, so a run repeats exactly on the same machine and thread count. The same budget
-(steps, batch size, learning-rate schedule) applies to every mechanism on a preset; a run stops
-early once its test metric reaches the budget's target.
+One run = (task, preset, mechanism, seed, learning rate). The seed fixes the data, the
+initialisation and the batch order, so a run repeats exactly on the same machine and thread count.
+The same budget (steps, batch size, learning-rate schedule) applies to every mechanism on a preset.
+Every ``eval_every`` steps a run measures its validation loss and accuracy and its test accuracy;
+it stops early once its *validation* accuracy reaches the budget's target, and its reported
+checkpoint is the evaluation of best validation accuracy (ties: lower validation loss, then the
+earlier step), whose test accuracy is the run's number. The test split never chooses anything.
 """
 
 from __future__ import annotations
@@ -24,73 +27,17 @@ from tqdm import tqdm
 
 import attnzoo
 from attnzoo.bench.measure import time_call
-from attnzoo.models import CausalLM, MILClassifier, SmallCNN, ViTTiny
+from attnzoo.tasks.backbones import MODEL_KEYS, build_model, task_refusals
 from attnzoo.tasks.catalog import Budget, Preset, check_lrs, get_task
 from attnzoo.tasks.data import IGNORE, Split, TaskData
 from attnzoo.tasks.jobs import Backend, Job, Journal, execute
+from attnzoo.tasks.make import check_seed
 
-__all__ = ["MODEL_KEYS", "build_model", "evaluate", "model_latency", "run_eval", "train_one"]
+__all__ = ["MODEL_KEYS", "SELECTION", "build_model", "evaluate", "measure", "model_latency", "run_eval",
+           "train_one"]
 
-MODEL_KEYS: dict[str, set[str]] = {
-    "sequence": {"width", "depth", "mlp_ratio", "short_conv", "base_conv", "tie_embeddings", "positional"},
-    "image": {"width", "depth", "mlp_ratio", "patch_size", "cnn_widths"},
-    "mil": {"width"},
-}
-"""Backbone settings a preset (or ``run_eval(model=...)``) may set, per task kind."""
-
-
-def build_model(
-    data: TaskData, preset: Preset, mechanism: str, overrides: Mapping[str, Any] | None = None
-) -> tuple[nn.Module, str]:
-    """The backbone for ``data`` with ``mechanism`` plugged in, and the backbone's name.
-
-    Sequence tasks use :class:`CausalLM`; image tasks :class:`ViTTiny` for token mixers and
-    :class:`SmallCNN` for feature-map attention; MIL tasks :class:`MILClassifier`.
-    """
-    family = attnzoo.card(mechanism).family
-    m = preset.model
-    if data.kind == "sequence":
-        model = CausalLM(
-            data.meta["vocab_size"],
-            m["width"],
-            m["depth"],
-            mechanism,
-            max_len=data.meta["seq_len"],
-            mlp_ratio=m.get("mlp_ratio", 0.0),
-            short_conv=m.get("short_conv", 0),
-            base_conv=m.get("base_conv", 0),
-            tie_embeddings=m.get("tie_embeddings", False),
-            positional=m.get("positional", True),
-            mixer_overrides=overrides,
-        )
-        return model, "CausalLM"
-    if data.kind == "image":
-        c, h, w = data.meta["image_shape"]
-        if family == "feature_map":
-            return SmallCNN(
-                c, data.meta["num_classes"], m["cnn_widths"], mechanism, attention_overrides=overrides
-            ), "SmallCNN"
-        if family == "token_mixer":
-            return ViTTiny(
-                (h, w),
-                m["patch_size"],
-                c,
-                data.meta["num_classes"],
-                m["width"],
-                m["depth"],
-                mechanism,
-                mlp_ratio=m.get("mlp_ratio", 2.0),
-                mixer_overrides=overrides,
-            ), "ViTTiny"
-        raise ValueError(
-            f"task {data.name!r} takes token_mixer or feature_map mechanisms, {mechanism!r} is a {family}"
-        )
-    if data.kind == "mil":
-        return MILClassifier(
-            data.meta["image_shape"][0], m["width"], mechanism, pooling_overrides=overrides
-        ), "MILClassifier"
-    raise ValueError(f"unknown task kind {data.kind!r}")
-
+SELECTION = "validation"
+"""The split that chooses checkpoints and learning rates in documents this module writes."""
 
 def _batch(split: Split, idx: torch.Tensor) -> Split:
     return {k: v[idx] for k, v in split.items()}
@@ -116,19 +63,31 @@ def _loss_and_correct(model: nn.Module, kind: str, batch: Split) -> tuple[torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TaskData, batch_size: int = 256) -> float:
-    """Test accuracy: correct / scored over the whole test split (eval mode)."""
+def measure(
+    model: nn.Module, data: TaskData, split: str = "test", batch_size: int = 256
+) -> tuple[float, float]:
+    """``(loss, accuracy)`` of ``model`` over the whole ``split`` (``"val"`` or ``"test"``) in eval
+    mode: the mean loss and the share of correct predictions over every scored position (or
+    example, or bag)."""
     was = model.training
     model.eval()
     correct = total = 0
-    n = data.size("test")
+    loss_sum = 0.0
+    tensors = data.split(split)
+    n = data.size(split)
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(n, start + batch_size))
-        _, c, t = _loss_and_correct(model, data.kind, _batch(data.test, idx))
+        loss, c, t = _loss_and_correct(model, data.kind, _batch(tensors, idx))
+        loss_sum += float(loss) * t
         correct += c
         total += t
     model.train(was)
-    return correct / max(total, 1)
+    return loss_sum / max(total, 1), correct / max(total, 1)
+
+
+def evaluate(model: nn.Module, data: TaskData, batch_size: int = 256, split: str = "test") -> float:
+    """Accuracy of ``model`` over the whole ``split`` (default: test), as :func:`measure` gives it."""
+    return measure(model, data, split, batch_size)[1]
 
 
 def model_latency(
@@ -179,12 +138,20 @@ def train_one(
 ) -> dict[str, Any]:
     """Train ``mechanism`` on ``data`` under ``budget`` (default: the preset's) and return the result.
 
-    The result records the mechanism, backbone, parameter count, the budget, the history
-    ``[{step, loss, accuracy, seconds}]``, the best and final test accuracy, the step at which the
-    target was reached (or ``None``) and the training time; ``status`` is ``"ok"`` or
-    ``"error"`` (with ``error``) when the mechanism cannot be built or training fails, so one
-    mechanism never aborts a comparison.
+    The result records the mechanism, backbone, parameter count, the budget and the history
+    ``[{step, loss (training, smoothed), val_loss, val_accuracy, test_accuracy, seconds}]``, one
+    entry per evaluation. The run's checkpoint is chosen on validation (:func:`_checkpoint`):
+    ``selected_step`` with its ``val_accuracy``, ``val_loss`` and ``test_accuracy`` (the reported
+    number); also ``final_val_accuracy`` and ``final_accuracy`` (test) at the last evaluation
+    (``steps_run``), the step at which validation accuracy reached the target (or ``None``) and the
+    training time. ``status`` is ``"ok"`` or ``"error"`` (with ``error``) when the mechanism cannot be
+    built or training fails, so one mechanism never aborts a comparison.
+
+    Raises:
+        ValueError: ``data`` has no validation split (``data.val`` is ``None``).
     """
+    if data.val is None:
+        raise ValueError(f"data.val: task data {data.name!r} has no validation split to choose on")
     budget = budget or preset.budget
     card = attnzoo.card(mechanism)
     result: dict[str, Any] = {
@@ -237,29 +204,50 @@ def train_one(
             bar.update(1)
             done = step + 1
             if done % budget.eval_every == 0 or done == budget.steps:
-                acc = evaluate(model, data)
+                val_loss, val_acc = measure(model, data, "val")
                 history.append(
-                    {"step": done, "loss": running, "accuracy": acc, "seconds": time.perf_counter() - start}
+                    {
+                        "step": done,
+                        "loss": running,
+                        "val_loss": val_loss,
+                        "val_accuracy": val_acc,
+                        "test_accuracy": evaluate(model, data),
+                        "seconds": time.perf_counter() - start,
+                    }
                 )
-                bar.set_postfix(loss=f"{running:.3f}", acc=f"{acc:.3f}")
-                if budget.target is not None and acc >= budget.target:
+                bar.set_postfix(loss=f"{running:.3f}", val=f"{val_acc:.3f}")
+                if budget.target is not None and val_acc >= budget.target:
                     reached = done
                     break
     except (RuntimeError, ValueError, FloatingPointError) as exc:
         bar.close()
         return {**result, "status": "error", "error": f"{type(exc).__name__}: {exc}", "history": history}
     bar.close()
-    accs = [h["accuracy"] for h in history]
+    chosen = _checkpoint(history)
     return {
         **result,
         "status": "ok",
         "history": history,
         "steps_run": history[-1]["step"],
-        "final_accuracy": accs[-1],
-        "best_accuracy": max(accs),
+        "selected_step": chosen["step"],
+        "val_accuracy": chosen["val_accuracy"],
+        "val_loss": chosen["val_loss"],
+        "test_accuracy": chosen["test_accuracy"],
+        "final_val_accuracy": history[-1]["val_accuracy"],
+        "final_accuracy": history[-1]["test_accuracy"],
         "target_reached_at": reached,
         "train_seconds": time.perf_counter() - start,
     }
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
+
+
+def _checkpoint(history: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The evaluation a run reports: highest validation accuracy, then lowest validation loss, then
+    the earliest step (test accuracy plays no part)."""
+    return max(history, key=lambda h: (h["val_accuracy"], -_finite(h["val_loss"]), -h["step"]))
 
 
 def run_eval(
@@ -284,13 +272,17 @@ def run_eval(
 
     Args:
         task: task name (see :func:`attnzoo.tasks.list_tasks`).
-        mechanisms: registered mechanism names.
+        mechanisms: registered mechanism names; those the task's backbone cannot host are not
+            trained and are listed, with the reason, in ``task["refused"]`` (as is every other
+            mechanism of the task's families that it cannot host).
         preset: preset name (default: the task's default).
-        seeds: one run per seed and mechanism; the data of a seed is shared by all mechanisms.
+        seeds: one run per seed and mechanism; the data of a seed is shared by all mechanisms. Ints
+            in ``[0, 1_000_003)`` (:func:`attnzoo.tasks.make.check_seed`).
         steps / lr / target: replace the preset's budget values for every mechanism alike; ``lr``
             also turns off the preset's learning-rate sweep.
         lrs: learning rates to sweep (replacing the preset's ``lrs``): every (mechanism, seed)
-            is trained once per rate and the report keeps its best run. ``()`` turns the sweep off.
+            is trained once per rate and the report keeps its run of best validation accuracy.
+            ``()`` turns the sweep off.
         overrides: per-mechanism constructor kwargs, ``{name: {kwarg: value}}``.
         model: backbone settings replacing the preset's (see :data:`MODEL_KEYS`), the same for
             every mechanism, e.g. ``{"short_conv": 3}``.
@@ -303,7 +295,8 @@ def run_eval(
             time) for the report's accuracy-vs-latency plot.
         journal: a ``runs.jsonl`` file (:class:`attnzoo.tasks.jobs.Journal`): every finished run is
             appended to it, and runs it already holds are not trained again (resume); it must have
-            been started by the same configuration (task, preset, backbone, budget, threads).
+            been started by the same configuration (task, preset, backbone, budget, threads,
+            selection split).
         backend: where the runs train (:class:`attnzoo.tasks.jobs.Backend`, e.g.
             :class:`attnzoo.distributed.ray_backend.RayBackend`), each with the threads ``jobs``
             gives; a run's result is the same on every backend. ``None``: this machine, as ``jobs``
@@ -311,7 +304,8 @@ def run_eval(
 
     Returns:
         ``{"meta": {...}, "task": {...}, "runs": [result, ...]}`` where ``meta`` records the
-        versions, the machine, the threads and the date, and ``task`` the preset and data
+        versions, the machine, the threads and the date, and ``task`` the selection split
+        (``"selection": "validation"``), the mechanisms refused with their reasons, the preset and data
         configuration, so a run can be repeated; with ``latency``, also ``"latency": {"batch_size",
         "seq_len", "threads", "fwd_ms": {mechanism: timing}}``.
     """
@@ -340,9 +334,13 @@ def run_eval(
             f"known: {sorted(MODEL_KEYS[spec.kind])}"
         )
     p = replace(p, model={**p.model, **model})
-    names = [attnzoo.card(m).name for m in mechanisms]
-    if not names:
+    asked = [attnzoo.card(m).name for m in mechanisms]
+    if not asked:
         raise ValueError("mechanisms must name at least one mechanism")
+    for seed in seeds:
+        check_seed(seed)
+    refused = task_refusals(spec.kind, spec.families, asked)
+    names = [n for n in asked if n not in refused]
     overrides = {attnzoo.card(k).name: dict(v) for k, v in (overrides or {}).items()}
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
@@ -360,6 +358,7 @@ def run_eval(
         "model": p.model,
         "budget": {k: getattr(budget, k) for k in budget.__dataclass_fields__ if k != "lr"},
         "threads": threads,
+        "selection": SELECTION,
     }
     runs = execute(
         spec.name,
@@ -399,6 +398,9 @@ def run_eval(
             "seq_len": meta_cfg.get("seq_len"),
             "chance": meta_cfg.get("chance"),
             "seeds": list(seeds),
+            "selection": SELECTION,
+            "mechanisms": asked,
+            "refused": refused,
         },
         "runs": runs,
     }

@@ -65,20 +65,10 @@ class DemoConfig:
     xi: float = 1e-6
     n_power: int = 1
     attack_eps: float = 4.0
-    val_fraction: float = 0.2
     threads: int = 1
 
 
 QUICK = DemoConfig(seeds=(0,), steps=3, batch_size=16, warmup=1, eps_grid=(1.0,), methods=METHODS)
-
-
-def _validation_split(data: TaskData, fraction: float) -> tuple[Split, Split]:
-    """``(train, val)``: a fixed random ``fraction`` of the training split held out."""
-    n = data.size("train")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(20210621))
-    n_val = max(1, round(n * fraction))
-    val, train = order[:n_val], order[n_val:]
-    return {k: v[train] for k, v in data.train.items()}, {k: v[val] for k, v in data.train.items()}
 
 
 def _step_loss(
@@ -243,7 +233,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
 
 def _run(cfg: DemoConfig, progress: bool) -> dict[str, Any]:
     data = get_task("digits").generate("cpu")
-    train, val = _validation_split(data, cfg.val_fraction)
+    train, val = data.train, data.val
     cache: dict[tuple[str, float, int], dict[str, Any]] = {}
 
     def result(method: str, eps: float, seed: int) -> dict[str, Any]:
