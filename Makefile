@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/attnzoo report --quick --out reports
+	$(VENV)/bin/attnzoo report --quick
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)

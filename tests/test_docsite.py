@@ -20,7 +20,14 @@ import attnzoo
 from attnzoo.bench.report import scaling_exponent, write_plots, write_report
 from attnzoo.bench.runner import PRESETS, run_benchmarks
 from attnzoo.docsite import NAV_FILE, SECTIONS, _equation, _parity, generate
-from attnzoo.docsite_reports import committed_reports, copy_reports, cost_section, scan_reports
+from attnzoo.docsite_reports import (
+    ReportPage,
+    Reports,
+    committed_reports,
+    copy_reports,
+    cost_section,
+    scan_reports,
+)
 from attnzoo.docsite_text import DocsiteError, docstring_markdown, family_contracts, inline, states_equation
 from attnzoo.registry import FAMILIES
 
@@ -190,6 +197,20 @@ def test_cost_section_embeds_committed_bench_plots(tmp_path: Path) -> None:
     assert "latency.png" not in cost_section("mhsa", uncommitted)
     copy_reports(root, reports, tmp_path / "docs")
     assert (tmp_path / "docs" / "reports" / "bench" / "latency.png").is_file()
+
+
+def test_cost_section_embeds_only_the_plots_of_the_mechanism_s_family() -> None:
+    images = [
+        "reports/leaderboard_cost_token_mixer.png",
+        "reports/leaderboard_cost_gate.png",
+        "reports/b/latency.png",
+    ]
+    page = ReportPage("reports/leaderboard.md", "Leaderboard", mentions={"mhsa", "se"}, bench={"results": []})
+    page.images = images
+    reports = Reports(images, [page])
+    mhsa, se = cost_section("mhsa", reports), cost_section("se", reports)
+    assert "leaderboard_cost_token_mixer.png" in mhsa and "leaderboard_cost_gate.png" not in mhsa
+    assert "leaderboard_cost_token_mixer.png" not in se and "latency.png" in se and "latency.png" in mhsa
 
 
 def test_generate_refuses_to_clear_a_foreign_folder(tmp_path: Path) -> None:

@@ -143,6 +143,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from attnzoo.bench.report import compare_runs, summarise, write_plots, write_report
     from attnzoo.bench.runner import PRESETS, run_benchmarks
 
+    if args.command == "report" and args.suite == "mechanisms":
+        return _cmd_report(args)
     against = _load_against(args.against) if args.against else None
     try:
         backend = backend_from_args(args)
@@ -186,6 +188,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print("\n".join(lines))
         print(f"{regressions} regression(s) against {args.against}")
     return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from attnzoo.bench.leaderboard_cli import cmd_report
+
+    against = _load_against(args.against) if args.against else None
+    return cmd_report(args, [] if args.from_json else _select(args), against)
 
 
 def _cmd_eval_timm(args: argparse.Namespace) -> int:
@@ -302,7 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_args(
         sub.add_parser("bench", help="measure cost: params, FLOPs, latency, memory"), "reports/bench"
     )
-    _add_bench_args(sub.add_parser("report", help="the comparison report (the main job)"), "reports")
+    p = sub.add_parser(
+        "report",
+        help="the leaderboard: committed quality beside cost at equal width, per family (the main job)",
+        description="Per family, the quality of every committed reports/eval/<task>/results.json beside "
+        "latency (interleaved, min), memory and FLOPs at equal width, with a Pareto plot per family. "
+        "--full: N = 256, 1024, 4096 (the committed reports/leaderboard.md); --quick (default): N = 256, "
+        "1024, the bench report too, and the committed leaderboard's figures printed beside the fresh "
+        "ones. Cost is always at equal width. Writes a new folder under reports/runs unless --out.",
+    )
+    _add_bench_args(p, "a new folder under reports/runs")
+    p.add_argument("--eval-dir", default="reports/eval", help="committed eval results (default: %(default)s)")
+    p.add_argument(
+        "--leaderboard",
+        default="reports/leaderboard.json",
+        help="--quick: the committed leaderboard to print beside the fresh figures (default: %(default)s)",
+    )
     add_analyze_parser(sub)
     add_eval_parser(sub)
     _add_eval_timm_parser(sub)

@@ -20,6 +20,7 @@ from typing import Any
 import attnzoo
 from attnzoo.bench.report import summarise
 from attnzoo.docsite_text import DocsiteError, inline
+from attnzoo.registry import FAMILIES
 
 __all__ = [
     "ReportPage",
@@ -148,6 +149,18 @@ def reports_index(reports: Reports) -> str:
     return "\n".join([*lines, ""])
 
 
+def _family_images(images: list[str], name: str) -> list[str]:
+    """The plots of ``images`` for ``name``: a plot named for one family (``*_<family>.png``, e.g. the
+    leaderboard's one figure per family) only on the pages of that family's mechanisms."""
+    family = attnzoo.card(name).family
+    return [
+        img
+        for img in images
+        if not any(PurePosixPath(img).stem.endswith(f"_{f}") for f in FAMILIES)
+        or PurePosixPath(img).stem.endswith(f"_{family}")
+    ]
+
+
 def cost_section(name: str, reports: Reports) -> str:
     """The cost plots of the committed benchmark reports that measure ``name`` (with its scaling
     exponent and crossover from :func:`attnzoo.bench.report.summarise`), then links to the other
@@ -166,7 +179,7 @@ def cost_section(name: str, reports: Reports) -> str:
             crossover = "–" if row["crossover"] is None else f"{row['crossover']:.0f}"
             lines.append(f"| `{row['name']}` | {exponent} | {crossover} |")
         lines.append("")
-        lines += [f"![{PurePosixPath(img).name}](../{img})" for img in page.images] or [
+        lines += [f"![{PurePosixPath(img).name}](../{img})" for img in _family_images(page.images, name)] or [
             "The report embeds no committed plot."
         ]
         lines.append("")

@@ -150,11 +150,14 @@ def test_equal_width_compares_a_family_at_one_width(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", attnzoo.list_mechanisms())
 def test_every_mechanism_builds_at_equal_width(name: str) -> None:
-    for kwargs in bench_variants(name).values():
-        wide = at_equal_width(name, kwargs)
+    variants = attnzoo.card(name).bench.get("variants", {})
+    for label, kwargs in bench_variants(name).items():
+        wide = at_equal_width(name, kwargs, label)
         attnzoo.create(name, **wide)
         width = EQUAL_WIDTHS[attnzoo.card(name).family]
         assert width in {wide.get("dim"), wide.get("channels")}, wide
+        if label:  # a variant keeps what defines it (e.g. minimal_attention[merged-1head]: one head)
+            assert {k: wide[k] for k in variants[label]} == variants[label], label
 
 
 def test_backward_is_measured() -> None:

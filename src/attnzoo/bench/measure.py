@@ -36,6 +36,7 @@ __all__ = [
     "EQUAL_WIDTHS",
     "MemoryProbe",
     "at_equal_width",
+    "bench_inputs",
     "bench_kwargs",
     "bench_variants",
     "cost_model",
@@ -82,11 +83,13 @@ EQUAL_HEADS = 4
 """The head count every mechanism with ``num_heads`` gets in an equal-width benchmark."""
 
 
-def at_equal_width(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def at_equal_width(name: str, kwargs: dict[str, Any], label: str = "") -> dict[str, Any]:
     """``kwargs`` with the family's width (:data:`EQUAL_WIDTHS`: ``dim``/``channels``, and
     ``context_dim``/``gate_channels`` alike) and :data:`EQUAL_HEADS` heads, then the card's
     ``bench["equal_width"]`` overrides; every other option stays the card's, so mechanisms of a
-    family are compared at the same size."""
+    family are compared at the same size. For the benchmark variant ``label`` (of
+    :func:`bench_variants`) the variant's own overrides are applied last: a variant that is defined
+    by its head count (e.g. ``minimal_attention[merged-1head]``) keeps it."""
     card = attnzoo.card(name)
     width = EQUAL_WIDTHS[card.family]
     params = inspect.signature(attnzoo.mechanism_class(name).__init__).parameters
@@ -97,6 +100,8 @@ def at_equal_width(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if "num_heads" in params:
         out["num_heads"] = EQUAL_HEADS
     out.update(card.bench.get("equal_width", {}))
+    if label:
+        out.update(card.bench["variants"][label])
     return out
 
 
@@ -219,6 +224,17 @@ def _fwd_bwd(module: torch.nn.Module, ex: Example) -> None:
     _outputs_sum(_forward(module, ex)).backward()
 
 
+def bench_inputs(module: torch.nn.Module, size: tuple[int, ...], batch: int) -> Example:
+    """The seeded inputs every benchmark times ``module`` on at spatial ``size``: for
+    cross-attention ``size`` is the context's and the queries are ``card.bench["queries"]``
+    tokens (default :data:`DEFAULT_QUERIES`)."""
+    gen = torch.Generator().manual_seed(0)
+    if module.card.family == "cross_attention":
+        queries = int(module.card.bench.get("queries", DEFAULT_QUERIES))
+        return example_inputs(module, batch=batch, size=(queries,), context_size=size, generator=gen)
+    return example_inputs(module, batch=batch, size=size, generator=gen)
+
+
 def measure_size(
     module: torch.nn.Module,
     size: tuple[int, ...],
@@ -235,13 +251,7 @@ def measure_size(
 
     For cross-attention ``size`` is the context's size and the queries are
     ``card.bench["queries"]`` tokens (default :data:`DEFAULT_QUERIES`)."""
-    gen = torch.Generator().manual_seed(0)
-    card = module.card
-    if card.family == "cross_attention":
-        queries = int(card.bench.get("queries", DEFAULT_QUERIES))
-        ex = example_inputs(module, batch=batch, size=(queries,), context_size=size, generator=gen)
-    else:
-        ex = example_inputs(module, batch=batch, size=size, generator=gen)
+    ex = bench_inputs(module, size, batch)
     n = 1
     for s in size:
         n *= s

@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 
 from attnzoo.bench.measure import EQUAL_HEADS, EQUAL_WIDTHS, cost_model
+from attnzoo.bench.plots import Panel, Series, chunk_panels, cost_figure, save
 from attnzoo.registry import UnknownMechanismError
 
 __all__ = [
     "BASELINE",
     "compare_runs",
+    "cost_panels",
     "crossover_n",
     "scaling_exponent",
     "summarise",
@@ -275,54 +277,62 @@ def _configurations(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _families(doc: dict[str, Any]) -> list[str]:
+    """The families of ``doc``'s results, in the usual order, then any others."""
+    present = {r["family"] for r in doc["results"]}
+    return [f for f in _FAMILY_COLOURS if f in present] + sorted(present - set(_FAMILY_COLOURS))
+
+
+def _is_grid(res: dict[str, Any]) -> bool:
+    """Whether ``res`` was swept over grids (H*W or D*H*W tokens) rather than sequences."""
+    return any(len(s["size"]) > 1 for s in res["sizes"]) or res["spatial_dims"] >= 2
+
+
+def cost_panels(doc: dict[str, Any], family: str, keys: tuple[str, ...]) -> list[Panel]:
+    """The cost panels of ``family``: its sequence and its grid mechanisms apart (their N are not
+    the same sizes), each split into panels of at most :data:`~attnzoo.bench.plots.PANEL_LINES`."""
+    panels = []
+    for grid, kind in ((False, "sequences"), (True, "grids")):
+        series = []
+        for res in doc["results"]:
+            if res["family"] != family or _is_grid(res) != grid:
+                continue
+            rows = [r for r in res["sizes"] if r.get("status") == "ok"]
+            ys = {k: [_value(r, k) for r in rows] for k in keys}
+            if rows:
+                series.append(Series(res["name"], [r["n"] for r in rows], ys, grid=grid))
+        if series:
+            panels += chunk_panels(f"{family}, {kind}", series)
+    return panels
+
+
+def _value(row: dict[str, Any], key: str) -> float | None:
+    """``row[key]`` (a timing dict: its median), or the dotted path ``"interleaved.min"``."""
+    value: Any = row
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, dict):
+        value = value.get("median")
+    return None if value is None else float(value)
+
+
 def write_plots(doc: dict[str, Any], out_dir: Path) -> list[str]:
-    """Latency and memory against N (log-log), one panel per family with a legend beside it (no
-    labels on the lines, so names never overlap each other or the ticks); returns the file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
-    families = [f for f in _FAMILY_COLOURS if any(r["family"] == f for r in doc["results"])]
-    families += sorted({r["family"] for r in doc["results"]} - set(families))
-    markers = "os^vD<>ph*"
+    """Latency and memory against N (log-log), one row of panels per family and kind of input
+    (sequences, grids), at most :data:`~attnzoo.bench.plots.PANEL_LINES` lines each with their legend
+    beside them; returns the file names."""
+    panels = [p for f in _families(doc) for p in cost_panels(doc, f, ("fwd_ms", "peak_fwd_mb"))]
     files = []
-    for key, sub, ylabel, fname in (
-        ("fwd_ms", "median", "forward latency (ms)", "latency.png"),
-        ("peak_fwd_mb", None, "forward peak memory (MiB)", "memory.png"),
+    for key, ylabel, fname in (
+        ("fwd_ms", "forward latency (ms, median)", "latency.png"),
+        ("peak_fwd_mb", "forward peak memory (MiB)", "memory.png"),
     ):
-        fig, axes = plt.subplots(len(families), 1, figsize=(10, 3.4 * max(1, len(families))), squeeze=False)
-        for ax, family in zip(axes[:, 0], families):
-            members = [r for r in doc["results"] if r["family"] == family and _ok(r["sizes"], key)]
-            colours = plt.cm.tab20(np.linspace(0, 1, max(1, len(members))))
-            for i, res in enumerate(members):
-                rows = _ok(res["sizes"], key)
-                xs = [r["n"] for r in rows]
-                ys = [max(r[key][sub] if sub else r[key], 1e-3) for r in rows]
-                style = "-" if res["spatial_dims"] <= 1 else "--"
-                marker = markers[i % len(markers)]
-                ax.plot(xs, ys, style, marker=marker, ms=4, color=colours[i], label=res["name"])
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ticks = sorted({r["n"] for res in members for r in _ok(res["sizes"], key)})
-            ax.xaxis.set_major_locator(FixedLocator(ticks))  # the measured N, not crowded minor labels
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.tick_params(axis="x", labelsize=7)
-            ax.set_xlabel("tokens N (sequence length, or H*W / D*H*W for grids; dashed = grids)")
-            ax.set_ylabel(ylabel)
-            ax.set_title(family)
-            ax.grid(True, which="both", alpha=0.3)
-            if members:
-                ncol = 1 + len(members) // 14
-                ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, ncol=ncol)
-        fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        fig = cost_figure(panels, [(key, ylabel)], xlabel=_XLABEL)
+        save(fig, out_dir / fname)
         files.append(fname)
     return files
+
+
+_XLABEL = "tokens N (sequence length, or H*W / D*H*W for grids)"
 
 
 def compare_runs(

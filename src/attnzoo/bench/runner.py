@@ -38,7 +38,7 @@ from attnzoo.registry import Card, mechanism_class, register
 if TYPE_CHECKING:
     from attnzoo.tasks.jobs import Backend
 
-__all__ = ["PRESETS", "BenchConfig", "machine_metadata", "run_benchmarks", "sizes_for"]
+__all__ = ["PRESETS", "BenchConfig", "machine_metadata", "run_benchmarks", "sizes_for", "worker_context"]
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,8 @@ def _worker(
         conn.close()
 
 
-def _context() -> mp.context.BaseContext:
+def worker_context() -> mp.context.BaseContext:
+    """The process context of benchmark workers: a clean fork server on Linux, spawn elsewhere."""
     if sys.platform.startswith("linux"):
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["attnzoo.bench.preload"])
@@ -197,7 +198,7 @@ def _bench_one(
     name: str, label: str, card_kwargs: dict[str, Any], config: BenchConfig, ctx: mp.context.BaseContext
 ) -> dict[str, Any]:
     card = attnzoo.card(name)
-    kwargs = at_equal_width(name, card_kwargs) if config.equal_width else card_kwargs
+    kwargs = at_equal_width(name, card_kwargs, label) if config.equal_width else card_kwargs
     sizes = sizes_for(card, config)
     result: dict[str, Any] = {
         "name": f"{name}[{label}]" if label else name,
@@ -276,7 +277,7 @@ def run_benchmarks(
     if backend is not None:
         return _run_families(names, config, progress, backend)
     jobs = [(name, label, kwargs) for name in names for label, kwargs in bench_variants(name).items()]
-    ctx = _context()
+    ctx = worker_context()
     results = []
     bar = tqdm(jobs, desc="bench", unit="config", disable=not progress, file=sys.stderr)
     for name, label, kwargs in bar:

@@ -26,7 +26,14 @@ from attnzoo.families import FeatureMapAttention
 from attnzoo.kernels.attention import attention, merge_heads, split_heads
 from attnzoo.registry import Card, register
 
-__all__ = ["GradientRouting", "HardAttentionGate", "HardGatedViTBlock", "frozen_gates", "gate_parameters"]
+__all__ = [
+    "GradientRouting",
+    "HardAttentionGate",
+    "HardGatedViTBlock",
+    "bench_cost_model",
+    "frozen_gates",
+    "gate_parameters",
+]
 
 _INITS = ("xavier", "he", "zeros")
 
@@ -69,7 +76,10 @@ _INITS = ("xavier", "he", "zeros")
         ),
         tiny={"channels": 8},
         sweep={"channels": (4, 8), "size": (1, 8)},
-        bench={"channels": 256},
+        bench={
+            "channels": 256,
+            "cost_model": "attnzoo.mechanisms.feature_map.hard_attention_gate:bench_cost_model",
+        },
     )
 )
 class HardAttentionGate(FeatureMapAttention):
@@ -103,6 +113,14 @@ class HardAttentionGate(FeatureMapAttention):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weights().view(1, -1, 1, 1)
+
+
+def bench_cost_model(config: dict, n: int, batch: int) -> dict[str, float]:
+    """The gate's forward FLOPs, which the FLOP counter cannot see (no matmul): the sigmoid of the
+    ``C`` logits (counted as 4 operations each: negate, exp, add, divide) and the product
+    ``x * gate`` over ``B C N`` elements, for ``N = H W`` positions."""
+    c = int(config["channels"])
+    return {"model FLOPs": float(4 * c + batch * c * n)}
 
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
