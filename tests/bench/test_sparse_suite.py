@@ -103,6 +103,9 @@ def test_tiny_suite_has_a_row_per_case_with_every_contender_measured(tiny_doc: d
                 assert entry["runs"] == TINY.repeats and entry["min_ms"] <= entry["median_ms"]
                 assert entry["pct_peak"] > 0 and entry["peak_mib"] >= 0
         assert row["contenders"]["sdpa"]["fwd"]["max_abs_diff_vs_attnzoo"] < 1e-5
+        path = row["contenders"]["attnzoo"]["fwd"]["path"]
+        if row["kernel"] in ("na1d", "na2d", "na3d"):  # tiny shapes: below the Flex dispatch thresholds
+            assert "attnzoo tiled kernel" in path and "compiled FlexAttention" not in path, path
     meta = tiny_doc["meta"]
     assert len(meta["load_average_before"]) == 3 and len(meta["load_average_after"]) == 3
 

@@ -3,8 +3,8 @@ sparse softmax kernel, its attention pattern as one predicate shared by every co
 
 A :class:`Case` is one kernel at one shape. For each case this module gives
 
-* the attnzoo call (:func:`attnzoo.kernels.neighborhood.na1d` / ``na2d`` /
-  ``neighborhood_attention`` for 3-D, :func:`attnzoo.kernels.windowed.sliding_window_attention`,
+* the attnzoo call (:func:`attnzoo.kernels.neighborhood.na1d` / ``na2d`` / ``na3d``,
+  :func:`attnzoo.kernels.windowed.sliding_window_attention`,
   :func:`attnzoo.kernels.windowed.grouped_attention` (S2 groups),
   :func:`attnzoo.kernels.grouped.segment_attention` (region attention) and
   :func:`attnzoo.kernels.grouped.routed_region_attention` (bi-level routing));
@@ -30,8 +30,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from attnzoo.kernels.flex_dispatch import axis_window
 from attnzoo.kernels.grouped import routed_region_attention, segment_attention
-from attnzoo.kernels.neighborhood import na1d, na2d, neighborhood_attention
+from attnzoo.kernels.neighborhood import na1d, na2d, na3d
 from attnzoo.kernels.windowed import grouped_attention, sliding_window_attention
 
 __all__ = [
@@ -234,7 +235,7 @@ def attnzoo_call(case: Case, inputs: dict[str, Any]) -> KernelCall:
     kw = case.kw
     if case.kernel in NA_KERNELS:
         grid = (b, h, *case.size, d)
-        call = {"na1d": na1d, "na2d": na2d, "na3d": neighborhood_attention}[case.kernel]
+        call = {"na1d": na1d, "na2d": na2d, "na3d": na3d}[case.kernel]
         na_kw = {"kernel_size": kw["kernel_size"], "dilation": kw["dilation"], "is_causal": kw["causal"]}
         return KernelCall(
             lambda q_, k_, v_: call(q_, k_, v_, **na_kw),
@@ -310,18 +311,6 @@ def flex_call(qkv: tuple[torch.Tensor, ...], mask: Any, *, compiled: bool) -> Ke
     return KernelCall(lambda q, k, v: flex(q, k, v, block_mask=mask), qkv)
 
 
-def _na_axis(qc: torch.Tensor, kc: torch.Tensor, length: int, k: int, dil: int, causal: bool) -> torch.Tensor:
-    """NATTEN's window on one axis (see :mod:`attnzoo.kernels.neighborhood`): same dilation group,
-    then ``k`` consecutive group positions shifted inside at the borders, or ``[m - k + 1, m]``."""
-    same = (qc % dil) == (kc % dil)
-    m, km = qc // dil, kc // dil
-    if causal:
-        return same & (km <= m) & (km > m - k)
-    group_len = (length - qc % dil + dil - 1) // dil
-    start = torch.minimum(torch.clamp(m - k // 2, min=0), group_len - k)
-    return same & (km >= start) & (km < start + k)
-
-
 def _coords(idx: torch.Tensor, size: tuple[int, ...]) -> list[torch.Tensor]:
     out = []
     for s in reversed(size):
@@ -339,7 +328,7 @@ def mask_mod(case: Case, inputs: dict[str, Any]) -> MaskMod:
 
         def na(b: Any, h: Any, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
             hits = [
-                _na_axis(qc, kc, length, ks, dil, causal)
+                axis_window(qc, kc, length, ks, dil, causal)
                 for qc, kc, length in zip(_coords(qi, case.size), _coords(ki, case.size), case.size)
             ]
             return functools.reduce(operator.and_, hits)

@@ -1,4 +1,4 @@
-"""Neighborhood attention (NA) in 1-D and 2-D: softmax attention restricted to a sliding window.
+"""Neighborhood attention (NA) in 1-D, 2-D and 3-D: softmax attention restricted to a sliding window.
 
 Hassani et al., "Neighborhood Attention Transformer" (arXiv 2204.07143), with dilation from
 "Dilated Neighborhood Attention Transformer" (arXiv 2209.15001) and the causal / fused view of
@@ -17,36 +17,44 @@ where ``rho(i)`` is the neighbourhood of ``i``, built axis by axis (NATTEN's def
 * the relative position bias ``rpb`` has ``2k - 1`` entries per axis, indexed by the offset
   ``(j - i) / d + k - 1`` (the layout of NAT/DiNAT and NATTEN <= 0.17).
 
-Tensors are heads-first like :mod:`attnzoo.kernels.attention`: ``q, k, v: (B, h, L, d)`` for 1-D and
-``(B, h, H, W, d)`` for 2-D; ``rpb: (h, 2k-1)`` or ``(h, 2k_H-1, 2k_W-1)``.
+Tensors are heads-first like :mod:`attnzoo.kernels.attention`: ``q, k, v: (B, h, L, d)`` for 1-D,
+``(B, h, H, W, d)`` for 2-D and ``(B, h, D, H, W, d)`` for 3-D; ``rpb: (h, 2k-1)``, ``(h, 2k_H-1,
+2k_W-1)`` or ``(h, 2k_D-1, 2k_H-1, 2k_W-1)``.
 
-:func:`neighborhood_attention` (and :func:`na1d` / :func:`na2d`) is the fast path: queries are cut
-into tiles, each tile reads the smallest key/value region that holds all its windows (at most
-``tile + k - 1`` per axis) and attends to it with the window folded into an additive ``-inf``
-mask plus the relative bias (the conventions of :func:`attnzoo.kernels.attention.attention_reference`:
-scale ``d ** -0.5`` by default, True = may attend). Scores are ``(tiles, tile, region)``; it never
-forms an ``N x N`` score matrix. The tiles of all dilation groups are laid side by side, so one
-batched product covers every group. :func:`neighborhood_attention_reference` is the naive form that
-gathers every query's neighbours from an explicit index (``(B, h, N, K, d)``); while
-:class:`attnzoo.capture.capture` is active the fast path defers to it and it records the
-``(B, h, N, N)`` probabilities (zero outside the windows) with ``kind="neighborhood"``.
+:func:`neighborhood_attention` (and :func:`na1d` / :func:`na2d` / :func:`na3d`) is the fast path:
+queries are cut into tiles, each tile reads the smallest key/value region that holds all its
+windows (at most ``tile + k - 1`` per axis) and attends to it with the window folded into an
+additive ``-inf`` mask plus the relative bias (the conventions of
+:func:`attnzoo.kernels.attention.attention_reference`: scale ``d ** -0.5`` by default, True = may
+attend); the tiles of all dilation groups are laid side by side, so one batched product covers
+every group. The tiles run a chunk at a time with a recomputing backward
+(:mod:`attnzoo.kernels._na_tiles`), so no ``N x N`` and no ``N x region`` tensor is formed and the
+working memory grows linearly with tokens. 1-D calls that need no gradient, without bias or dropout
+and with the default tile, may run on compiled FlexAttention where it is faster
+(:mod:`attnzoo.kernels.flex_dispatch`, which logs the path and the reason at debug level).
+:func:`neighborhood_attention_reference` is the naive form that gathers every query's neighbours
+from an explicit index (``(B, h, N, K, d)``); while :class:`attnzoo.capture.capture` is active the
+fast path defers to it and it records the ``(B, h, N, N)`` probabilities (zero outside the windows)
+with ``kind="neighborhood"``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from attnzoo.capture import capturing, record
+from attnzoo.kernels import flex_dispatch
+from attnzoo.kernels._na_tiles import tile_plan, tiled, tiled_dropout
 
 __all__ = [
+    "default_tile",
     "na1d",
     "na2d",
+    "na3d",
     "neighborhood_attention",
     "neighborhood_attention_reference",
     "neighborhood_indices",
@@ -54,6 +62,14 @@ __all__ = [
 ]
 
 DEFAULT_TILE = {1: (64,), 2: (4, 8), 3: (4, 4, 4)}
+"""Query tile per axis by number of spatial axes; 1-D windows of ``k >= 128`` take 128."""
+
+
+def default_tile(ks: tuple[int, ...]) -> tuple[int, ...]:
+    """The query tile of :func:`neighborhood_attention` for windows ``ks`` (one per axis)."""
+    if len(ks) == 1 and ks[0] >= 128:
+        return (128,)
+    return DEFAULT_TILE[len(ks)]
 
 
 def _per_axis(value: int | bool | Sequence[int] | Sequence[bool], nd: int, name: str) -> tuple:
@@ -123,134 +139,6 @@ def _check_args(
     return nd, ks, dil, causal, scale
 
 
-def _window(m: torch.Tensor, n: int, k: int, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """First and last group position of the window of group positions ``m`` (inclusive)."""
-    if causal:
-        return (m - (k - 1)).clamp(min=0), m
-    lo = (m - k // 2).clamp(0, n - k)
-    return lo, lo + (k - 1)
-
-
-class _AxisPlan(NamedTuple):
-    """Tiling of one axis (all dilation groups side by side), in original positions.
-
-    ``queries (nt, t)``: the positions of each query tile (a group's last tile is padded by
-    repeating its last query); ``keys (nt, R)``: the key/value region each tile reads; ``mask
-    (nt, t, R)``: key in the query's window; ``rel (nt, t, R)``: index into the ``2k - 1`` bias
-    entries (clamped where masked); ``tile_of (L,)`` / ``slot_of (L,)``: where each position's
-    own query sits in ``queries``.
-    """
-
-    queries: torch.Tensor
-    keys: torch.Tensor
-    mask: torch.Tensor
-    rel: torch.Tensor
-    tile_of: torch.Tensor
-    slot_of: torch.Tensor
-
-
-def _axis_plan(length: int, k: int, d: int, causal: bool, tile: int, device: torch.device) -> _AxisPlan:
-    """Every dilation group ``r`` is the sub-axis ``r, r + d, ...`` of ``n`` positions; its tiles of
-    ``t`` queries read the smallest run of ``R = min(t + k - 1, n_max)`` group positions holding all
-    their windows. Slots past a shorter group's end repeat its last key and are masked (windows
-    never reach them)."""
-    n_min, n_max = length // d, -(-length // d)
-    t = min(tile, n_min)
-    region = min(t + k - 1, n_max)
-    arange_r = torch.arange(region, device=device)
-    parts: list[tuple[torch.Tensor, ...]] = []
-    tile_of = torch.empty(length, dtype=torch.long, device=device)
-    slot_of = torch.empty(length, dtype=torch.long, device=device)
-    first_tile = 0
-    for r in range(d):
-        n = (length - r + d - 1) // d
-        nt = -(-n // t)
-        m = torch.arange(nt * t, device=device).clamp(max=n - 1).view(nt, t)
-        lo, hi = _window(m, n, k, causal)
-        start = lo[:, 0].clamp(max=n - region).clamp(min=0)
-        g = start[:, None] + arange_r
-        mask = (g[:, None, :] >= lo[:, :, None]) & (g[:, None, :] <= hi[:, :, None])
-        rel = (g[:, None, :] - m[:, :, None] + (k - 1)).clamp(0, 2 * k - 2)
-        parts.append((r + d * m, r + d * g.clamp(max=n - 1), mask, rel))
-        own = torch.arange(n, device=device)
-        tile_of[r::d] = first_tile + own // t
-        slot_of[r::d] = own % t
-        first_tile += nt
-    queries, keys, mask, rel = (torch.cat(p) for p in zip(*parts, strict=True))
-    return _AxisPlan(queries, keys, mask, rel, tile_of, slot_of)
-
-
-def _outer(parts: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-axis ``(a_i, b_i[, c_i])`` tensors as broadcastable views of ``(a_1.., b_1..[, c_1..])``."""
-    nd = len(parts)
-    out = []
-    for axis, part in enumerate(parts):
-        shape = [1] * (part.dim() * nd)
-        for level, size in enumerate(part.shape):
-            shape[level * nd + axis] = size
-        out.append(part.view(shape))
-    return out
-
-
-def _flat_index(parts: list[torch.Tensor], strides: list[int]) -> torch.Tensor:
-    """Row-major flat positions of the outer product of per-axis ``(nt, s)`` positions, flattened."""
-    views = _outer(parts)
-    flat = views[0] * strides[0]
-    for view, stride in zip(views[1:], strides[1:], strict=True):
-        flat = flat + view * stride
-    return flat.reshape(-1)
-
-
-def _tiled(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    ks: tuple[int, ...],
-    dil: tuple[int, ...],
-    causal: tuple[bool, ...],
-    rpb: torch.Tensor | None,
-    scale: float,
-    tile: tuple[int, ...],
-    dropout_p: float,
-) -> torch.Tensor:
-    """NA over all dilation groups at once, tiled over queries (see :class:`_AxisPlan`)."""
-    b, h, d, dv = q.shape[0], q.shape[1], q.shape[-1], v.shape[-1]
-    spatial = tuple(q.shape[2:-1])
-    n_tok = math.prod(spatial)
-    plans = [
-        _axis_plan(n, kk, dd, c, t, q.device)
-        for n, kk, dd, c, t in zip(spatial, ks, dil, causal, tile, strict=True)
-    ]
-    strides = [math.prod(spatial[a + 1 :]) for a in range(len(spatial))]
-    n_tiles = math.prod(int(p.queries.shape[0]) for p in plans)
-    t_len = math.prod(int(p.queries.shape[1]) for p in plans)
-    r_len = math.prod(int(p.keys.shape[1]) for p in plans)
-    q_index = _flat_index([p.queries for p in plans], strides)
-    kv_index = _flat_index([p.keys for p in plans], strides)
-    qt = q.reshape(b, h, n_tok, d).index_select(2, q_index).view(b, h * n_tiles, t_len, d)
-    kt = k.reshape(b, h, n_tok, d).index_select(2, kv_index).view(b, h * n_tiles, r_len, d)
-    vt = v.reshape(b, h, n_tok, dv).index_select(2, kv_index).view(b, h * n_tiles, r_len, dv)
-    mask = functools.reduce(torch.logical_and, _outer([p.mask for p in plans]))
-    # additive form of the window mask (and bias), as attention_reference folds mask and bias
-    additive = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
-    if rpb is not None:
-        additive = additive + rpb[(slice(None), *_outer([p.rel for p in plans]))]
-    scores = (qt * scale) @ kt.transpose(-1, -2)
-    scores = scores.view(b, h, n_tiles, t_len, r_len) + additive.reshape(-1, n_tiles, t_len, r_len)
-    probs = scores.softmax(dim=-1).view(b, h * n_tiles, t_len, r_len)
-    if dropout_p:
-        probs = F.dropout(probs, dropout_p)
-    out = (probs @ vt).view(b, h, n_tiles * t_len, dv)
-    t_sizes = [int(p.queries.shape[1]) for p in plans]
-    nt_sizes = [int(p.queries.shape[0]) for p in plans]
-    tile_strides = [math.prod(nt_sizes[a + 1 :]) for a in range(len(plans))]
-    slot_strides = [math.prod(t_sizes[a + 1 :]) for a in range(len(plans))]
-    own = _flat_index([p.tile_of[:, None] for p in plans], tile_strides) * t_len + _flat_index(
-        [p.slot_of[:, None] for p in plans], slot_strides
-    )
-    return out.index_select(2, own).view(b, h, *spatial, dv)
-
-
 def neighborhood_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -275,7 +163,8 @@ def neighborhood_attention(
         rpb: relative position bias ``(h, 2k_1 - 1, .., 2k_D - 1)``, or ``None``.
         scale: score scale; ``d ** -0.5`` when ``None``.
         dropout_p: dropout on the attention probabilities (apply only in training).
-        tile_size: query tile per axis (performance only; the result does not depend on it).
+        tile_size: query tile per axis (performance only; the result does not depend on it);
+            default :func:`default_tile`. Given explicitly, the tiled kernel runs (never Flex).
 
     Returns:
         ``(B, h, *S, d_v)``.
@@ -285,12 +174,21 @@ def neighborhood_attention(
         return neighborhood_attention_reference(
             q, k, v, ks, dil, causal, rpb, scale=scale, dropout_p=dropout_p, record_kind="neighborhood"
         )
-    tile = DEFAULT_TILE[nd] if tile_size is None else _per_axis(tile_size, nd, "tile_size")
+    tile = default_tile(ks) if tile_size is None else _per_axis(tile_size, nd, "tile_size")
     if any(isinstance(t, bool) or t < 1 for t in tile):
         raise ValueError(f"tile_size must be positive, got {tile_size!r}")
+    spatial = tuple(q.shape[2:-1])
+    if tile_size is None and rpb is None and not dropout_p:
+        out = flex_dispatch.neighborhood(q, k, v, ks, dil, causal, scale)
+        if out is not None:
+            return out
+    b, h, dv = q.shape[0], q.shape[1], v.shape[-1]
+    flat = [x.reshape(b, h, math.prod(spatial), x.shape[-1]) for x in (q, k, v)]
+    plan = tile_plan(spatial, ks, dil, causal, tile, q.device, q.dtype)
     if rpb is not None:
         rpb = rpb.to(q.dtype)
-    return _tiled(q, k, v, ks, dil, causal, rpb, scale, tile, dropout_p)
+    out = tiled_dropout(*flat, rpb, plan, scale, dropout_p) if dropout_p else tiled(*flat, rpb, plan, scale)
+    return out.view(b, h, *spatial, dv)
 
 
 def na1d(
@@ -330,6 +228,27 @@ def na2d(
     """2-D neighborhood attention on ``(B, h, H, W, d)``; ``rpb: (h, 2k_H - 1, 2k_W - 1)``."""
     if not isinstance(q, torch.Tensor) or q.dim() != 5:
         raise ValueError(f"q must have shape (B, h, H, W, d), got {getattr(q, 'shape', q)!r}")
+    return neighborhood_attention(
+        q, k, v, kernel_size, dilation, is_causal, rpb, scale=scale, dropout_p=dropout_p, tile_size=tile_size
+    )
+
+
+def na3d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int | Sequence[int],
+    dilation: int | Sequence[int] = 1,
+    is_causal: bool | Sequence[bool] = False,
+    rpb: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    tile_size: int | Sequence[int] | None = None,
+) -> torch.Tensor:
+    """3-D neighborhood attention on ``(B, h, D, H, W, d)``; ``rpb: (h, 2k_D - 1, 2k_H - 1, 2k_W - 1)``."""
+    if not isinstance(q, torch.Tensor) or q.dim() != 6:
+        raise ValueError(f"q must have shape (B, h, D, H, W, d), got {getattr(q, 'shape', q)!r}")
     return neighborhood_attention(
         q, k, v, kernel_size, dilation, is_causal, rpb, scale=scale, dropout_p=dropout_p, tile_size=tile_size
     )

@@ -6,10 +6,14 @@ block can reach, so time and memory are ``O(N * span * d)`` instead of ``O(N^2)`
 
 * :func:`sliding_window_attention`: query ``i`` sees keys ``i - left <= j <= i + right``
   (:func:`band_mask`). Queries are cut into blocks of ``block_size``; block ``c`` reads key blocks
-  ``c - ceil(left / b) .. c + ceil(right / b)`` and a band mask selects the exact window.
+  ``c - ceil(left / b) .. c + ceil(right / b)`` and a band mask selects the exact window. Calls that
+  need no gradient may run on compiled FlexAttention where it is faster
+  (:mod:`attnzoo.kernels.flex_dispatch`, which logs the path it takes).
 * :func:`grouped_attention`: position ``p`` belongs to group ``(p + offset) // group_size``; query
   ``i`` sees the keys of its own group plus the first ``num_sink`` tokens ("attention sinks"),
   optionally causally (:func:`group_mask`). This is the S2-attention pattern of LongLoRA/SinkLoRA.
+  Whole groups without sinks or padding need no mask: each group is plain (causal) SDPA; other
+  patterns may run on compiled FlexAttention when no gradient is needed (as the sliding window).
 
 Tensors are ``q, k: (B, h, N, d)``, ``v: (B, h, N, d_v)`` (self-attention: one ``N``); both take
 a ``key_padding_mask (B, N)`` (True = real token) that hides padded keys from every query (padded
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.capture import capturing
+from attnzoo.kernels import flex_dispatch
 from attnzoo.kernels.attention import attention, padding_mask
 
 __all__ = ["band_mask", "group_mask", "grouped_attention", "sliding_window_attention"]
@@ -83,6 +88,7 @@ def sliding_window_attention(
         block_size: query block length ``b``; default ``max(left, right, 32)`` so that a block
             reads at most three key blocks. Sequences no longer than the key span ``(1 +
             ceil(left/b) + ceil(right/b)) * b`` use one dense masked call (same cost bound).
+            Given explicitly, the blocked kernel runs (never FlexAttention).
         key_padding_mask: ``(B, N)`` bool, True = real token; padded keys are hidden.
 
     Returns:
@@ -102,6 +108,10 @@ def sliding_window_attention(
         if key_padding_mask is not None:
             mask = mask & padding_mask(key_padding_mask, key_padding_mask[:, None])
         return attention(q, k, v, mask=mask, scale=scale, dropout_p=dropout_p)
+    if block_size is None and key_padding_mask is None and not dropout_p:
+        out = flex_dispatch.band(q, k, v, left, right, scale)
+        if out is not None:
+            return out
     bsz, h, _, d = q.shape
     dv = v.shape[-1]
     nb = (n + b - 1) // b
@@ -198,6 +208,23 @@ def grouped_attention(
         return attention(q, k, v, mask=mask, scale=scale, dropout_p=dropout_p)
     bsz, h, _, d = q.shape
     dv = v.shape[-1]
+    whole = not (offset or num_sink or n % g or torch.compiler.is_exporting())
+    if not whole and key_padding_mask is None and not dropout_p:
+        out = flex_dispatch.groups(q, k, v, g, offset, num_sink, causal, scale)
+        if out is not None:
+            return out
+    if whole and key_padding_mask is None:
+        # whole groups and nothing else: each group is plain (causal) attention, no mask needed
+        shape = (bsz, h * (n // g), g)
+        out = attention(
+            q.reshape(*shape, d),
+            k.reshape(*shape, d),
+            v.reshape(*shape, dv),
+            causal=causal,
+            scale=scale,
+            dropout_p=dropout_p,
+        )
+        return out.reshape(bsz, h, n, dv)
     ng = (n + offset + g - 1) // g
     pad = (0, 0, offset, ng * g - n - offset)
     qg = F.pad(q, pad).reshape(bsz, h, ng, g, d)
