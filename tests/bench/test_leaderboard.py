@@ -107,7 +107,9 @@ def test_uncounted_flops_are_never_zero(doc: dict[str, Any]) -> None:
     assert flops_cell(results["mhsa"], reference_row(results["mhsa"])) not in ("0", "–")
 
 
-def test_quality_is_read_as_committed_or_its_absence_stated(doc: dict[str, Any], eval_dir: Path) -> None:
+def test_quality_is_read_as_committed_or_its_absence_stated(
+    doc: dict[str, Any], eval_dir: Path, tmp_path: Path
+) -> None:
     quality = load_quality(eval_dir)
     assert [q["task"] for q in quality] == ["digits", "mqar"]
     mqar = quality[1]
@@ -116,7 +118,14 @@ def test_quality_is_read_as_committed_or_its_absence_stated(doc: dict[str, Any],
     mhsa = next(r for r in committed if r["mechanism"] == "mhsa")
     assert quality_cell(mqar, results["mhsa"]).startswith(f"{mhsa['best_accuracy']:.3f} ± ")
     assert quality_cell(mqar, results["sliding_window"]) == "not evaluated (no committed result)"
-    assert mqar["selection"] == "test" and "older protocol" in mqar["metric"]  # predates validation
+    assert mqar["selection"] == "validation" and mqar["metric"].endswith("chosen on validation")
+    older = json.loads(MQAR.read_text())  # as written before validation splits: no record of them
+    older["task"].pop("selection")
+    older["runs"] = [{k: v for k, v in r.items() if not k.startswith("val")} for r in older["runs"]]
+    (tmp_path / "old" / "mqar").mkdir(parents=True)
+    (tmp_path / "old" / "mqar" / "results.json").write_text(json.dumps(older))
+    (old_mqar,) = load_quality(tmp_path / "old")
+    assert old_mqar["selection"] == "test" and "older protocol" in old_mqar["metric"]
     vig = {"name": "vig", "mechanism": "vig"}  # a 2-D mixer: MQAR's causal LM cannot host it
     assert quality_cell(mqar, vig).startswith("cannot run: mechanism 'vig' works on 2-D inputs")
     assert quality_cell(quality[0], results["se"]) == "failed: RuntimeError: deliberate"

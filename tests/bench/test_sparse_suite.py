@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from attnzoo.bench import sparse_suite
+from attnzoo.bench.plots import overlapping_texts
 from attnzoo.bench.sparse_cases import (
     PRESETS,
     Case,
@@ -23,7 +24,13 @@ from attnzoo.bench.sparse_cases import (
     natten_call,
     pairs,
 )
-from attnzoo.bench.sparse_report import OUTPUTS, headline, sparse_markdown, write_sparse_outputs
+from attnzoo.bench.sparse_report import (
+    OUTPUTS,
+    headline,
+    sparse_figures,
+    sparse_markdown,
+    write_sparse_outputs,
+)
 from attnzoo.bench.sparse_suite import SPARSE_PRESETS, run_sparse_suite
 from attnzoo.kernels.grouped import segment_mask
 from attnzoo.kernels.neighborhood import neighborhood_mask
@@ -121,6 +128,14 @@ def test_report_files_state_the_command_and_keep_other_files(tiny_doc: dict, tmp
         assert sum(line.startswith(f"| {case.label} |") for line in text.splitlines()) == 1
     doc = json.loads((tmp_path / "sparse.json").read_text())
     assert doc["command"].endswith("--out x") and doc["headline"]["compared_with_flex"] == 0
+
+
+def test_plots_read_without_overlapping_texts(tiny_doc: dict) -> None:
+    figures = sparse_figures(tiny_doc)
+    assert set(figures) == {"peak_fwd.png", "peak_fwdbwd.png"}
+    for name, fig in figures.items():
+        assert overlapping_texts(fig) == [], name
+        assert all(ax.get_xscale() == "log" for ax in fig.axes if ax.lines)
 
 
 def test_skips_are_recorded_with_reasons() -> None:

@@ -21,9 +21,11 @@ __all__ = [
     "Series",
     "chunk_panels",
     "cost_figure",
+    "log_axes",
     "overlapping_texts",
     "pareto_figure",
     "save",
+    "thin_ticks",
 ]
 
 PANEL_LINES = 8
@@ -147,7 +149,7 @@ def overlapping_texts(fig: Any) -> list[tuple[str, str]]:
     return pairs
 
 
-def _thin_ticks(fig: Any) -> None:
+def thin_ticks(fig: Any) -> None:
     """Keep, on every axis of ``fig``, the major tick labels that do not collide with a kept
     neighbour (and no minor labels), so that crowded measured sizes never overprint; one draw."""
     from matplotlib.ticker import FixedLocator, NullLocator
@@ -170,7 +172,9 @@ def _thin_ticks(fig: Any) -> None:
                 axis.set_minor_locator(NullLocator())
 
 
-def _log_axes(ax: Any, xticks: Sequence[float]) -> None:
+def log_axes(ax: Any, xticks: Sequence[float]) -> None:
+    """Log-log ``ax`` with major x ticks at the measured sizes ``xticks`` and y ticks at 1-2-5
+    steps, in plain numbers (no ``10^k`` and no minor labels)."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
@@ -214,7 +218,7 @@ def cost_figure(
                     color=plt.cm.tab10(i % 10),
                     label=s.label,
                 )
-            _log_axes(ax, xs_all)
+            log_axes(ax, xs_all)
             ax.set_title(panel.title, fontsize=9)
             ax.set_ylabel(ylabel, fontsize=8)
             if r == rows - 1:
@@ -229,7 +233,7 @@ def cost_figure(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _thin_ticks(fig)
+    thin_ticks(fig)
     return fig
 
 
@@ -318,7 +322,7 @@ def pareto_figure(panels: Sequence[tuple[str, str, Sequence[Point]]], *, xlabel:
         ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _thin_ticks(fig)
+    thin_ticks(fig)
     for ax, (_, _, points) in zip(axes[:, 0], panels):
         unplaced = _place_labels(ax, points)
         if unplaced:

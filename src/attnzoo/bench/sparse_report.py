@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from attnzoo.bench.plots import log_axes, save, thin_ticks
 from attnzoo.runs import replace_outputs
 
-__all__ = ["OUTPUTS", "loglog_exponent", "sparse_markdown", "write_sparse_outputs", "write_sparse_plots"]
+__all__ = [
+    "OUTPUTS",
+    "loglog_exponent",
+    "sparse_figures",
+    "sparse_markdown",
+    "write_sparse_outputs",
+    "write_sparse_plots",
+]
 
 OUTPUTS = ("sparse.json", "sparse.md", "peak_fwd.png", "peak_fwdbwd.png")
 _NAMES = {"attnzoo": "attnzoo", "flex": "Flex (compiled)", "natten": "NATTEN", "sdpa": "SDPA + mask"}
@@ -203,16 +212,17 @@ def sparse_markdown(doc: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_sparse_plots(doc: dict[str, Any], out_dir: Path) -> list[str]:
-    """``peak_fwd.png`` / ``peak_fwdbwd.png``: % of the GEMM peak against N, one panel per kernel,
-    one line per contender and series; returns the file names written."""
+def sparse_figures(doc: dict[str, Any]) -> dict[str, Any]:
+    """``{"peak_fwd.png": figure, "peak_fwdbwd.png": figure}``: % of the GEMM peak against N, one
+    panel per kernel, one line per contender and series, x ticks at the measured sizes and tick
+    labels thinned where they would collide (:func:`attnzoo.bench.plots.thin_ticks`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     kernels = [k for k in _TITLES if any(r["kernel"] == k for r in doc["cases"])]
-    files = []
+    figures = {}
     for p, fname, what in (
         ("fwd", "peak_fwd.png", "forward"),
         ("fwdbwd", "peak_fwdbwd.png", "forward+backward"),
@@ -232,21 +242,30 @@ def write_sparse_plots(doc: dict[str, Any], out_dir: Path) -> list[str]:
                     if pts:
                         label = f"{_NAMES[contender]}: {series.split(' ', 1)[1] if ' ' in series else series}"
                         ax.plot(*zip(*pts), marker="os^vD<>ph*"[si % 10], ms=4, color=f"C{ci}", label=label)
-            ax.set_xscale("log")
             ax.set_title(_TITLES[kernel], fontsize=9)
             ax.set_xlabel("tokens N")
             ax.set_ylabel(f"{what} % of GEMM peak")
-            ax.grid(True, which="both", alpha=0.3)
             if ax.lines:
-                ax.set_yscale("log")
-                ax.legend(fontsize=5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+                log_axes(ax, sorted({r["n"] for r in cases}))
+                ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
             else:
                 ax.text(0.5, 0.5, "nothing measured", ha="center", va="center", transform=ax.transAxes)
         for ax in list(axes.flat)[len(kernels) :]:
             ax.axis("off")
         fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        thin_ticks(fig)
+        figures[fname] = fig
+    return figures
+
+
+def write_sparse_plots(doc: dict[str, Any], out_dir: Path) -> list[str]:
+    """Write :func:`sparse_figures` to ``out_dir``; returns the file names written. A figure whose
+    texts still overlap (:func:`attnzoo.bench.plots.overlapping_texts`) is named on stderr."""
+    files = []
+    for fname, fig in sparse_figures(doc).items():
+        overlaps = save(fig, out_dir / fname)
+        if overlaps:
+            print(f"warning: {fname}: overlapping texts {overlaps[:3]}", file=sys.stderr)
         files.append(fname)
     return files
 

@@ -47,7 +47,8 @@ __all__ = ["STEPS", "ReportConfig", "attention_variants", "bench_parameters", "m
 TASKS: tuple[str, ...] = ("digits", "listops")
 STEPS = {"cpu": {"digits": 300, "listops": 150}, "tiny": {"digits": 30, "listops": 100}}
 """Steps per preset and task: ``cpu`` runs digits 300 of its preset's 600 and listops 150 of 2000 (the
-report took 25 min with two jobs on two cores at load average ~7); ``tiny`` runs its presets' budgets."""
+committed report took 11 min with two jobs on two cores at load average 1-2, 25 min at ~7); ``tiny``
+runs its presets' budgets."""
 PRODUCED: tuple[str, ...] = ("results.json", "README.md")
 PROG = "attnzoo.models.minimal_report"
 
