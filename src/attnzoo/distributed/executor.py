@@ -36,6 +36,7 @@ from torch.autograd.function import once_differentiable
 
 from attnzoo.checks import check_tensor
 from attnzoo.distributed._comm import agree, dtype_code, exchange, group_info
+from attnzoo.distributed._shards import check_shards
 from attnzoo.distributed.planner import CoreAttentionPlan
 from attnzoo.kernels.blockwise import attention_block_grad, attention_with_lse
 
@@ -275,18 +276,12 @@ def core_attention(
             )
         if plan.world_size != world:
             raise ValueError(f"plan is for {plan.world_size} ranks but the process group has {world}")
-        check_tensor(q, "q", ndim=3, finite=False)
+        check_shards(q, k, v, scale, ndim=3)
         if q.shape[1] != plan.tokens_per_rank:
             raise ValueError(
                 f"q holds {q.shape[1]} tokens (dimension 1 of shape {tuple(q.shape)}) but the plan gives "
                 f"every rank {plan.tokens_per_rank}"
             )
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-            raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-        check_tensor(k, "k", shape=q.shape, finite=False)
-        check_tensor(v, "v", shape=(*q.shape[:2], None), finite=False)
-        if k.dtype != q.dtype or v.dtype != q.dtype:
-            raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
         return [*q.shape, v.shape[-1], dtype_code(q.dtype), plan.fingerprint()]
 
     names = ["number of heads", "tokens per rank", "head dim of q/k", "head dim of v", "dtype"]

@@ -29,7 +29,8 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from attnzoo.checks import check_tensor
-from attnzoo.distributed._comm import agree, dtype_code, group_info, ring_shift, wait_all
+from attnzoo.distributed._comm import agree, group_info, ring_shift, wait_all
+from attnzoo.distributed._shards import layout_names, shard_layout
 from attnzoo.kernels.blockwise import attention_block_grad, attention_with_lse, merge_partials
 
 __all__ = ["ring_attention"]
@@ -153,30 +154,6 @@ def ring_attention(
     """
     check_tensor(q, "q", floating=False, nonempty=False, finite=False)  # its device carries the checks
     group, _, _ = group_info(group)
-
-    def check() -> list[int]:
-        check_tensor(q, "q", ndim=4, finite=False)
-        if not isinstance(causal, bool):
-            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-            raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-        check_tensor(k, "k", shape=q.shape, finite=False)
-        check_tensor(v, "v", shape=(*q.shape[:3], None), finite=False)
-        if k.dtype != q.dtype or v.dtype != q.dtype:
-            raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-        if k.device != q.device or v.device != q.device:
-            raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
-        return [*q.shape, v.shape[-1], int(causal), dtype_code(q.dtype)]
-
-    names = [
-        "batch size",
-        "number of heads",
-        "shard length",
-        "head dim of q/k",
-        "head dim of v",
-        "causal",
-        "dtype",
-    ]
-    agree(check, names, group=group, device=q.device)
+    agree(lambda: shard_layout(q, k, v, causal, scale), layout_names(), group=group, device=q.device)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return _RingAttention.apply(q, k, v, causal, scale, group)

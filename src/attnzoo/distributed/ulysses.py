@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from attnzoo.checks import check_tensor
-from attnzoo.distributed._comm import agree, all_to_all, dtype_code, group_info
+from attnzoo.distributed._comm import agree, all_to_all, group_info
+from attnzoo.distributed._shards import layout_names, shard_layout
 from attnzoo.kernels.attention import attention
 
 __all__ = ["ulysses_attention"]
@@ -74,17 +75,7 @@ def ulysses_attention(
     group, _, world = group_info(group)
 
     def check() -> list[int]:
-        check_tensor(q, "q", ndim=4, finite=False)
-        if not isinstance(causal, bool):
-            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-            raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-        check_tensor(k, "k", shape=q.shape, finite=False)
-        check_tensor(v, "v", shape=(*q.shape[:3], None), finite=False)
-        if k.dtype != q.dtype or v.dtype != q.dtype:
-            raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-        if k.device != q.device or v.device != q.device:
-            raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+        layout = shard_layout(q, k, v, causal, scale)
         heads = q.shape[1]
         if heads % world:
             raise ValueError(
@@ -92,17 +83,9 @@ def ulysses_attention(
                 f"{world} ranks of the process group: Ulysses gives every rank h / W whole heads "
                 "(ring_attention has no such constraint)"
             )
-        return [*q.shape, v.shape[-1], int(causal), dtype_code(q.dtype)]
+        return layout
 
-    names = [
-        "batch size",
-        "number of heads",
-        "shard length (dimension 2 of q)",
-        "head dim of q/k",
-        "head dim of v",
-        "causal",
-        "dtype",
-    ]
+    names = layout_names("shard length (dimension 2 of q)")
     agree(check, names, group=group, device=q.device)
     d = q.shape[-1]
     packed = torch.cat([q, k, v], dim=-1)  # one all-to-all for the three inputs

@@ -33,6 +33,7 @@ __all__ = [
     "causal_mask",
     "merge_heads",
     "padding_mask",
+    "sequence_padding_mask",
     "split_heads",
 ]
 
@@ -69,6 +70,15 @@ def padding_mask(keep: torch.Tensor, query_keep: torch.Tensor | None = None) -> 
     """
     mask = keep[:, None, None, :]
     return mask if query_keep is None else mask | ~query_keep[..., None]
+
+
+def sequence_padding_mask(keep: torch.Tensor | None, causal: bool) -> torch.Tensor | None:
+    """The :func:`attention` ``mask`` of self-attention over one padded sequence per row, full or
+    ``causal``, for the key-padding mask ``keep (B, N)`` (``None``: no mask): :func:`padding_mask`,
+    with padded queries keeping their whole (causal) pattern so that no row is empty."""
+    if keep is None:
+        return None
+    return padding_mask(keep, keep[:, None] if causal else None)
 
 
 def _combined_mask(

@@ -17,7 +17,7 @@ from torch import nn
 from attnzoo.checks import check_bool, check_divisible, check_int
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import merge_heads, split_heads
-from attnzoo.kernels.attention import padding_mask
+from attnzoo.kernels.attention import sequence_padding_mask
 from attnzoo.kernels.fusemax import PASSES, cascade_attention, check_passes
 from attnzoo.registry import Card, register
 
@@ -130,8 +130,6 @@ class FuseMaxAttention(TokenMixer):
         self, x: torch.Tensor, size: tuple[int, ...], key_padding_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         q, k, v = split_heads(self.qkv(x), 3 * self.num_heads).chunk(3, dim=1)
-        mask = None
-        if key_padding_mask is not None:
-            mask = padding_mask(key_padding_mask, key_padding_mask[:, None] if self.causal else None)
+        mask = sequence_padding_mask(key_padding_mask, self.causal)
         out = cascade_attention(q, k, v, passes=self.passes, tile=self.tile, mask=mask, causal=self.causal)
         return self.proj(merge_heads(out))

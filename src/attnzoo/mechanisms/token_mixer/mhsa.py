@@ -12,7 +12,7 @@ from torch import nn
 from attnzoo.checks import check_bool, check_divisible, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention, merge_heads, split_heads
-from attnzoo.kernels.attention import padding_mask
+from attnzoo.kernels.attention import sequence_padding_mask
 from attnzoo.registry import Card, register
 
 __all__ = ["MultiHeadSelfAttention"]
@@ -89,8 +89,6 @@ class MultiHeadSelfAttention(TokenMixer):
     ) -> torch.Tensor:
         q, k, v = split_heads(self.qkv(x), 3 * self.num_heads).chunk(3, dim=1)
         drop = self.attn_drop if self.training else 0.0
-        mask = None
-        if key_padding_mask is not None:
-            mask = padding_mask(key_padding_mask, key_padding_mask[:, None] if self.causal else None)
+        mask = sequence_padding_mask(key_padding_mask, self.causal)
         out = attention(q, k, v, mask=mask, causal=self.causal, dropout_p=drop)
         return self.proj_drop(self.proj(merge_heads(out)))

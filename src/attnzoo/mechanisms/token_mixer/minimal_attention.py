@@ -28,7 +28,7 @@ from torch import nn
 from attnzoo.checks import check_bool, check_divisible, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention, merge_heads, split_heads
-from attnzoo.kernels.attention import padding_mask
+from attnzoo.kernels.attention import sequence_padding_mask
 from attnzoo.registry import Card, register
 
 __all__ = ["QK_FORMS", "MinimalAttention"]
@@ -170,9 +170,7 @@ class MinimalAttention(TokenMixer):
         q, k, bias = self._queries_keys(x)
         v = split_heads(self.v(x) if self.v is not None else x, h)
         drop = self.attn_drop if self.training else 0.0
-        mask = None
-        if key_padding_mask is not None:
-            mask = padding_mask(key_padding_mask, key_padding_mask[:, None] if self.causal else None)
+        mask = sequence_padding_mask(key_padding_mask, self.causal)
         scale = (self.dim // h) ** -0.5
         out = attention(q, k, v, mask=mask, bias=bias, causal=self.causal, scale=scale, dropout_p=drop)
         out = merge_heads(out)

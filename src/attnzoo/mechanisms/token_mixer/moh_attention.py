@@ -30,7 +30,7 @@ from torch import nn
 from attnzoo.checks import check_bool, check_divisible, check_int, check_rate
 from attnzoo.families import TokenMixer
 from attnzoo.kernels import attention, merge_heads
-from attnzoo.kernels.attention import padding_mask
+from attnzoo.kernels.attention import padding_mask, sequence_padding_mask
 from attnzoo.registry import Card, register
 
 __all__ = ["MoHAttention"]
@@ -256,7 +256,7 @@ class MoHAttention(TokenMixer):
         q, k = self.q_norm(q), self.k_norm(k)
         drop = self.attn_drop if self.training else 0.0
         s = self.shared_head
-        mask = None if keep is None else padding_mask(keep, keep[:, None] if self.causal else None)
+        mask = sequence_padding_mask(keep, self.causal)
         if self.sparse_heads and selected is not None:
             routed = self._routed_sparse(q[:, s:], k[:, s:], v[:, s:], gates[..., s:], selected, drop, keep)
             heads = [routed]
